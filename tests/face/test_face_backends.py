@@ -1,0 +1,181 @@
+"""Backends: insightface folder mistakes, providers, lazy imports, and real insightface when models exist."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uniid_core.errors import FaceDetectionError
+from uniid_core.face.detect import DetectedFace, FaceDetector, make_detector
+from uniid_core.face.insightface_backend import InsightFaceDetector, _det_sizes, check_model_folder
+from uniid_core.face.providers import available_providers, friendly_providers, resolve_providers
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pack(
+    folder: Path, files: tuple[str, ...] = ("det_10g.onnx", "genderage.onnx", "w600k_r50.onnx")
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (folder / name).write_bytes(b"onnx")
+    return folder
+
+
+def test_good_layout_is_accepted(tmp_path: Path) -> None:
+    folder = _pack(tmp_path / "models" / "buffalo_l")
+    assert check_model_folder(tmp_path, "buffalo_l") == folder
+    assert check_model_folder(tmp_path / "models", "buffalo_l") == folder
+    antelope = _pack(tmp_path / "models" / "antelopev2", ("scrfd_10g_bnkps.onnx", "glintr100.onnx"))
+    assert check_model_folder(tmp_path, "antelopev2") == antelope
+
+
+def test_nested_one_level_too_deep(tmp_path: Path) -> None:
+    _pack(tmp_path / "models" / "antelopev2" / "antelopev2", ("scrfd_10g_bnkps.onnx",))
+    with pytest.raises(FaceDetectionError) as info:
+        check_model_folder(tmp_path, "antelopev2")
+    text = str(info.value)
+    assert "nested one level too deep" in text
+    assert str(tmp_path / "models" / "antelopev2" / "antelopev2") in text
+    assert str(tmp_path / "models" / "antelopev2" / "scrfd_10g_bnkps.onnx") in text
+
+
+def test_zip_not_unpacked(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "antelopev2.zip").write_bytes(b"PK")
+    with pytest.raises(FaceDetectionError, match="not unpacked") as info:
+        check_model_folder(tmp_path, "antelopev2")
+    assert str(tmp_path / "models" / "antelopev2.zip") in str(info.value)
+    assert str(tmp_path / "models" / "antelopev2") in str(info.value)
+
+
+def test_missing_and_incomplete_packs(tmp_path: Path) -> None:
+    with pytest.raises(FaceDetectionError, match="model folder not found") as info:
+        check_model_folder(tmp_path, "buffalo_l")
+    assert str(tmp_path / "models" / "buffalo_l") in str(info.value)
+    (tmp_path / "models" / "buffalo_l").mkdir(parents=True)
+    with pytest.raises(FaceDetectionError, match="holds no .onnx"):
+        check_model_folder(tmp_path, "buffalo_l")
+    _pack(tmp_path / "models" / "buffalo_l", ("w600k_r50.onnx", "genderage.onnx"))
+    with pytest.raises(FaceDetectionError, match="no face detection model") as info:
+        check_model_folder(tmp_path, "buffalo_l")
+    assert "det_10g.onnx" in str(info.value) and "w600k_r50.onnx" in str(info.value)
+    (tmp_path / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"")
+    with pytest.raises(FaceDetectionError, match="empty"):
+        check_model_folder(tmp_path, "buffalo_l")
+
+
+def test_pack_outside_models_subfolder(tmp_path: Path) -> None:
+    _pack(tmp_path / "buffalo_l")
+    with pytest.raises(FaceDetectionError, match="must be in") as info:
+        check_model_folder(tmp_path, "buffalo_l")
+    assert str(tmp_path / "models" / "buffalo_l") in str(info.value)
+
+
+def test_providers() -> None:
+    assert resolve_providers("CPU") == ["CPUExecutionProvider"]
+    assert resolve_providers("cpuexecutionprovider") == ["CPUExecutionProvider"]
+    assert "CPUExecutionProvider" in available_providers() and "cpu" in friendly_providers()
+    with pytest.raises(FaceDetectionError, match="unknown execution provider"):
+        resolve_providers("TPU")
+    absent = [
+        name for name in ("CUDA", "DirectML", "ROCm", "CoreML") if name.lower() not in friendly_providers()
+    ]
+    for name in absent:
+        with pytest.raises(FaceDetectionError, match="not available in this onnxruntime") as info:
+            resolve_providers(name)
+        assert "available: " in str(info.value) and "choose CPU" in str(info.value)
+    for name in set(friendly_providers()) - {"cpu"}:
+        assert resolve_providers(name)[-1] == "CPUExecutionProvider"
+
+
+def test_det_size_ladder() -> None:
+    assert _det_sizes(640) == [640, 512, 384, 320, 256]
+    assert _det_sizes(320) == [320, 256]
+    assert _det_sizes([480, 224]) == [480, 224]
+    with pytest.raises(FaceDetectionError, match="multiple of 32"):
+        _det_sizes(300)
+
+
+def test_insightface_errors_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FaceDetectionError, match="model folder not found"):
+        make_detector("insightface", root=tmp_path, name="antelopev2")
+    _pack(tmp_path / "models" / "buffalo_l")
+    with pytest.raises(FaceDetectionError, match="unknown execution provider"):
+        InsightFaceDetector(root=tmp_path, provider="abacus")
+    monkeypatch.setitem(sys.modules, "insightface", None)
+    monkeypatch.setitem(sys.modules, "insightface.app", None)
+    with pytest.raises(FaceDetectionError, match="pip install insightface"):
+        InsightFaceDetector(root=tmp_path)
+
+
+def test_broken_model_files_give_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("insightface", reason="needs the insightface package to load model files")
+    _pack(tmp_path / "models" / "buffalo_l")
+    with pytest.raises(FaceDetectionError, match=str(tmp_path / "models" / "buffalo_l")):
+        InsightFaceDetector(root=tmp_path)
+
+
+def test_light_import_and_mtcnn_without_onnxruntime_or_insightface(sample_images: Path) -> None:
+    script = f"""
+import sys
+import uniid_core.face as face
+heavy = [m for m in ("cv2", "torch", "onnxruntime", "insightface") if m in sys.modules]
+assert not heavy, heavy
+sys.modules["onnxruntime"] = None
+sys.modules["insightface"] = None
+from uniid_core.errors import FaceDetectionError
+det = face.make_detector("mtcnn")
+assert det.engine == "opencv", det.engine
+faces = det.detect(face.load_image({str(sample_images / "t1.jpg")!r}))
+assert len(faces) >= 6, len(faces)
+try:
+    face.resolve_providers("CPU")
+except FaceDetectionError as exc:
+    assert "mtcnn" in str(exc)
+else:
+    raise AssertionError("no error without onnxruntime")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_protocol_and_factory() -> None:
+    assert isinstance(make_detector("pre-aligned"), FaceDetector)
+    assert isinstance(make_detector("MTCNN"), FaceDetector)
+
+
+def _inside(face: DetectedFace) -> bool:
+    x1, y1, x2, y2 = face.box
+    return bool(((face.landmarks >= [x1, y1]) & (face.landmarks <= [x2, y2])).all())
+
+
+def test_insightface_wrapper_runs_face_analysis(fake_insightface_root: Path) -> None:
+    detector = make_detector("insightface", root=fake_insightface_root, name="buffalo_l", det_size=320)
+    image = np.zeros((320, 320, 3), np.uint8)
+    image[48:144, 160:256] = (255, 0, 0)
+    image[200:296, 20:116] = (0, 0, 255)
+    faces = detector.detect(image)
+    assert faces and all(isinstance(f, DetectedFace) for f in faces)
+    for face in faces:
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        assert 160 <= cx <= 256 and 48 <= cy <= 144, "detections must sit on the red square (RGB order kept)"
+        assert face.gender == "man" and 0.5 < face.score <= 1.0
+        assert face.landmarks.shape == (5, 2) and face.landmarks[0, 0] < face.landmarks[1, 0]
+        assert _inside(face)
+    blue_only = np.zeros((320, 320, 3), np.uint8)
+    blue_only[100:200, 100:200] = (0, 0, 255)
+    assert detector.detect(blue_only) == []
+    assert detector._prepared == 256, "the det_size ladder must be walked down to its last rung"
+    assert detector.active_providers == ["CPUExecutionProvider"]
