@@ -1,0 +1,476 @@
+"""Load and save UniID weights: the official two-folder layout, the project's single file, the face net.
+
+Every reader is safe (safetensors, or ``torch.load(weights_only=True)``), every writer is atomic (temp
+file in the target folder, then ``os.replace``), and every failure says what the file was and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+from .models.iresnet import IRESNET100_BLOCKS, FaceRecognitionNet
+from .models.uniid import UniIDConfig, UniIDModel, weights_fingerprint
+
+FORMAT = "uniid"
+FORMAT_VERSION = 1
+TEXT_PREFIX = "text_branch."
+ADAPTER_PREFIX = "adapter_branch."
+OFFICIAL_FILES = ("pytorch_model.bin", "model.safetensors")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_TEXT_BARE = ("proj_1.", "proj_2.", "norm_1.", "norm_2.", "text_resampler_1.", "text_resampler_2.")
+_ADAPTER_BARE = ("latents", "adapter_resampler.", "adapter_modules.")
+_FACE_NET_KEYS = ("conv1.weight", "layer1.0.conv1.weight", "fc.weight", "features.running_var")
+_SHOWN = 3  # keys shown per problem list
+
+_OWN_WEIGHTS = "UniID needs its own text_branch/adapter_branch weights (the official UniID release)"
+# (key prefixes, what the file is, what to do instead)
+_FOREIGN_KINDS = (
+    (("image_proj.", "ip_adapter."), "an IP-Adapter / InstantID checkpoint", _OWN_WEIGHTS),
+    (("id_adapter.", "id_adapter_attn_layers.", "pulid_"), "a PuLID checkpoint", _OWN_WEIGHTS),
+    (("id_encoder.",), "a PhotoMaker checkpoint", _OWN_WEIGHTS),
+    (
+        ("model.diffusion_model.", "conditioner.", "down_blocks.", "first_stage_model."),
+        "a Stable Diffusion model checkpoint",
+        "load it as the base model, and give UniID its own weights",
+    ),
+    (("lora_unet_", "lora_te"), "a LoRA", "load it with a LoRA loader, not as UniID weights"),
+)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp)`` on a temp file beside ``path``, then rename it to ``path``; no debris on failure."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _brief(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors', 'torch' or 'unknown', from the first bytes (the suffix is not trusted)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":  # torch.save zip archive
+        return "torch"
+    if head[8:9] == b"{":  # safetensors: little-endian u64 header length, then the JSON header
+        header_len = int.from_bytes(head[:8], "little")
+        return "safetensors" if 0 < header_len <= path.stat().st_size - 8 else "truncated-safetensors"
+    if head[:1] == b"\x80":  # legacy torch.save pickle
+        return "torch"
+    return "unknown"
+
+
+def _flatten(obj: Mapping, prefix: str = "") -> dict[str, Tensor]:
+    """Nested dicts of tensors -> flat dotted keys; non-tensor leaves (step counters, args) are dropped."""
+    flat: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Tensor):
+            flat[name] = value
+        elif isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+    return flat
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; check the path (or download the weights first)")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path}: ONNX is not supported; use the PyTorch weights (.pth/.safetensors)")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download?); download it again")
+    kind = _sniff(path)
+    broken = f"{path} ({size} bytes) could not be read as weights: it is truncated or not a weights file"
+    if kind == "truncated-safetensors":
+        raise CheckpointError(f"{broken} (the safetensors header is cut off); download or convert it again")
+    if kind == "safetensors":
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # the Rust reader raises SafetensorError for every kind of damage
+            raise CheckpointError(f"{broken} ({exc}); download or convert it again") from exc
+        return tensors, metadata
+    if kind == "unknown":
+        raise CheckpointError(f"{broken} (neither safetensors nor a PyTorch file); check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors; it is refused because only weights-only "
+                "loading is safe. Re-save it as a plain state dict or .safetensors"
+            ) from exc
+        raise CheckpointError(f"{broken} ({exc}); download it again") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{broken} ({exc}); download it again") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+    return _flatten(obj), {}
+
+
+def _strip_wrappers(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Remove multi-GPU/compile prefixes (``module.``, ``_orig_mod.``) and a shared ``state_dict.`` level."""
+    out = {}
+    for key, value in tensors.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    for level in ("state_dict.", "model_state_dict."):
+        if out and all(k.startswith(level) for k in out):
+            out = {k[len(level):]: v for k, v in out.items()}
+    return out
+
+
+def _foreign_kind(keys: Iterable[str]) -> tuple[str, str] | None:
+    """(what the file is, what to do) when the keys belong to another known kind of checkpoint."""
+    keys = list(keys)
+    for prefixes, kind, hint in _FOREIGN_KINDS:
+        if any(k.startswith(prefixes) for k in keys):
+            return kind, hint
+    return None
+
+
+def _is_face_net(keys: Iterable[str]) -> bool:
+    return set(_FACE_NET_KEYS) <= set(keys)
+
+
+def _is_uniid(keys: Iterable[str]) -> bool:
+    return any(k.startswith((TEXT_PREFIX, ADAPTER_PREFIX, *_TEXT_BARE, *_ADAPTER_BARE)) for k in keys)
+
+
+def _add_branch_prefixes(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Give bare branch keys (a branch saved on its own) their ``text_branch.``/``adapter_branch.`` prefix."""
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith(_TEXT_BARE):
+            key = TEXT_PREFIX + key
+        elif key.startswith(_ADAPTER_BARE):
+            key = ADAPTER_PREFIX + key
+        out[key] = value
+    return out
+
+
+def _uniid_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a file and normalise it to UniID keys, refusing other kinds of checkpoints clearly."""
+    tensors, metadata = read_tensors(path)
+    tensors = _strip_wrappers(tensors)
+    if not _is_uniid(tensors):
+        foreign = _foreign_kind(tensors)
+        if foreign:
+            raise CheckpointError(f"{path} is {foreign[0]}, not UniID weights: {foreign[1]}")
+        if _is_face_net(tensors):
+            raise CheckpointError(
+                f"{path} is a face-recognition backbone (IResNet), not UniID weights: "
+                "load it as the face model (load_face_net / the face-net input)"
+            )
+        raise CheckpointError(
+            f"{path} holds no UniID tensors (expected keys under text_branch. / adapter_branch.; "
+            f"found e.g. {_brief(list(tensors)[:_SHOWN]) or 'nothing'})"
+        )
+    return _add_branch_prefixes(tensors), metadata
+
+
+def _layer_count(keys: Iterable[str], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = [int(m.group(1)) for k in keys if (m := pattern.match(k))]
+    return max(indices) + 1 if indices else 0
+
+
+def _require(tensors: Mapping[str, Tensor], key: str, what: str) -> Tensor:
+    if key not in tensors:
+        raise CheckpointError(
+            f"the {what} weights are incomplete: {key} is missing; download or convert the checkpoint again"
+        )
+    return tensors[key]
+
+
+def infer_config(tensors: Mapping[str, Tensor], family: str = "sdxl") -> UniIDConfig:
+    """UniID sizes read from the tensors themselves (token counts, widths, depths, attn2 layers)."""
+    keys = list(tensors)
+    config = UniIDConfig(None, None, None, family=family)
+    if any(k.startswith(TEXT_PREFIX) for k in keys):
+        w1 = _require(tensors, TEXT_PREFIX + "norm_1.weight", "text-branch").shape[0]
+        if w1 == 768 and TEXT_PREFIX + "norm_2.weight" not in tensors:
+            raise CheckpointError(
+                "this text branch has a single 768-wide tower (SD1.5); UniID here supports SDXL (768 + 1280)"
+            )
+        w2 = _require(tensors, TEXT_PREFIX + "norm_2.weight", "text-branch").shape[0]
+        queries = _require(tensors, TEXT_PREFIX + "proj_1.proj.2.weight", "text-branch").shape[0]
+        config.num_text_tokens = max(1, queries // w1)
+        config.text_widths = (int(w1), int(w2))
+        config.text_depth = _layer_count(keys, TEXT_PREFIX + "text_resampler_1.layers.")
+    if any(k.startswith(ADAPTER_PREFIX) for k in keys):
+        latents = _require(tensors, ADAPTER_PREFIX + "latents", "adapter-branch")
+        proj_out = _require(tensors, ADAPTER_PREFIX + "adapter_resampler.proj_out.weight", "adapter-branch")
+        pattern = re.compile(re.escape(ADAPTER_PREFIX) + r"adapter_modules\.(\d+)\.to_k_ip\.weight$")
+        widths = {int(m.group(1)): tensors[k] for k in keys if (m := pattern.match(k))}
+        if not widths:
+            raise CheckpointError(
+                "the adapter-branch weights hold no adapter_modules.<i>.to_k_ip.weight tensors; "
+                "download or convert the checkpoint again"
+            )
+        context_dims = {int(w.shape[1]) for w in widths.values()} | {int(proj_out.shape[0])}
+        if 768 in context_dims:
+            raise CheckpointError(
+                "this is an SD1.5-width adapter (context dim 768); UniID here needs SDXL weights (2048)"
+            )
+        config.num_adapter_tokens = int(latents.shape[1])
+        config.adapter_hidden_dim = int(latents.shape[2])
+        config.context_dim = int(proj_out.shape[0])
+        config.layer_widths = {i: int(w.shape[0]) for i, w in sorted(widths.items())}
+        config.adapter_depth = _layer_count(keys, ADAPTER_PREFIX + "adapter_resampler.layers.")
+    return config
+
+
+def _check_fit(model: nn.Module, tensors: Mapping[str, Tensor], source: str, what: str) -> None:
+    """Raise one CheckpointError naming missing/unexpected keys and shape mismatches, if any."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {shape}"
+        for k, shape in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_brief(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_brief(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} with wrong shapes ({'; '.join(mismatched[:_SHOWN])})")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit {what}: {'; '.join(problems)}. The file is incomplete, damaged or of "
+            "another version: download or convert it again"
+        )
+
+
+def _cast(tensors: Mapping[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
+    if dtype is None:
+        return dict(tensors)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def build_uniid(
+    tensors: Mapping[str, Tensor],
+    source: str,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    fingerprint: str | None = None,
+    family: str = "sdxl",
+) -> UniIDModel:
+    """Validate UniID-keyed tensors and wrap them in a UniIDModel (eval mode, no gradients)."""
+    config = infer_config(tensors, family)
+    with torch.device("meta"):
+        model = UniIDModel(config, fingerprint="pending")
+    _check_fit(model, tensors, source, "a UniID model")
+    model.fingerprint = fingerprint or weights_fingerprint(tensors)
+    model.load_state_dict(_cast(tensors, dtype), strict=True, assign=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _branch_file(path: Path) -> Path:
+    """The weights file of an official branch folder (or the path itself when it is a file)."""
+    if path.is_file():
+        return path
+    for name in OFFICIAL_FILES:
+        if (path / name).is_file():
+            return path / name
+    if path.is_dir():
+        raise CheckpointError(f"{path}: no {' or '.join(OFFICIAL_FILES)} here; give the weights file")
+    raise CheckpointError(f"{path}: no such file or folder")
+
+
+def _find_sources(folder: Path) -> list[Path]:
+    """Weights files a folder stands for: its own official file, its single .safetensors, or subfolders'."""
+    for name in OFFICIAL_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    singles = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if len(singles) == 1:
+        return singles
+    subs = [
+        sub / name for sub in sorted(p for p in folder.iterdir() if p.is_dir())
+        for name in OFFICIAL_FILES[:1] if (sub / name).is_file()
+    ]
+    if subs:
+        return subs
+    if singles:
+        names = _brief(p.name for p in singles)
+        raise CheckpointError(f"{folder} holds several .safetensors files ({names}); pass the one to load")
+    raise CheckpointError(
+        f"{folder}: no UniID weights found (expected pytorch_model.bin, one .safetensors file, or "
+        "text_branch_ckpt/ and adapter_ckpt/ style subfolders holding pytorch_model.bin)"
+    )
+
+
+def _merge(parts: list[tuple[Path, dict[str, Tensor], str | None]]) -> dict[str, Tensor]:
+    """Combine branch files; ``wanted`` keeps only that branch's keys (other leftovers get reported)."""
+    merged: dict[str, Tensor] = {}
+    owner: dict[str, Path] = {}
+    for path, tensors, wanted in parts:
+        if wanted is not None:
+            other = ADAPTER_PREFIX if wanted == TEXT_PREFIX else TEXT_PREFIX
+            if not any(k.startswith(wanted) for k in tensors):
+                holds = "the adapter branch" if other == ADAPTER_PREFIX else "the text branch"
+                raise CheckpointError(
+                    f"{path} was given as the {wanted[:-1].replace('_', ' ')} but holds {holds} only; "
+                    "swap the two paths"
+                )
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(other)}
+        for key, value in tensors.items():
+            if key in merged:
+                raise CheckpointError(
+                    f"{owner[key]} and {path} both hold {key.split('.')[0]}; give each branch only once"
+                )
+            merged[key] = value
+            owner[key] = path
+    return merged
+
+
+def load_official(
+    text: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> UniIDModel:
+    """Official release: a text-branch and/or adapter folder (or their pytorch_model.bin)."""
+    if text is None and adapter is None:
+        raise CheckpointError("give the text-branch checkpoint, the adapter checkpoint, or both")
+    parts = []
+    for given, wanted in ((text, TEXT_PREFIX), (adapter, ADAPTER_PREFIX)):
+        if given is not None:
+            file = _branch_file(Path(given))
+            parts.append((file, _uniid_tensors(file)[0], wanted))
+    sources = " + ".join(str(p[0]) for p in parts)
+    return build_uniid(_merge(parts), sources, dtype, device)
+
+
+def load_uniid(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> UniIDModel:
+    """Any UniID weights: the single .safetensors, an official branch folder or .bin, or a parent folder."""
+    path = Path(path)
+    files = _find_sources(path) if path.is_dir() else [path]
+    parts = []
+    fingerprint = None
+    family = "sdxl"
+    for file in files:
+        tensors, metadata = _uniid_tensors(file)
+        if metadata.get("format") == FORMAT:
+            fingerprint, family = _check_metadata(file, metadata, tensors)
+        parts.append((file, tensors, None))
+    if len(parts) > 1:
+        fingerprint = None  # a combination of files is a new set of weights
+    sources = " + ".join(str(p[0]) for p in parts)
+    return build_uniid(_merge(parts), sources, dtype, device, fingerprint, family)
+
+
+def _check_metadata(
+    file: Path, metadata: Mapping[str, str], tensors: Mapping[str, Tensor]
+) -> tuple[str, str]:
+    """Validate the single-file header against the tensors; returns (fingerprint, family)."""
+    try:
+        version = int(metadata.get("format_version", "0"))
+        stored = UniIDConfig.from_metadata(metadata)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file}: damaged UniID metadata ({exc}); convert the weights again") from exc
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} uses UniID file format {version}, newer than this code reads ({FORMAT_VERSION}); "
+            "update the node pack"
+        )
+    actual = infer_config(tensors, stored.family)
+    for name in ("num_text_tokens", "num_adapter_tokens", "adapter_hidden_dim", "text_widths", "context_dim"):
+        if getattr(stored, name) != getattr(actual, name) and getattr(actual, name) is not None:
+            raise CheckpointError(
+                f"{file}: metadata says {name}={getattr(stored, name)} but the tensors hold "
+                f"{getattr(actual, name)}; the file was edited or damaged, convert it again"
+            )
+    return metadata.get("fingerprint", ""), stored.family
+
+
+def save_uniid(model: UniIDModel, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write the single-file format (both branches + metadata) atomically; returns the path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: the UniID single-file format is .safetensors; use that suffix")
+    tensors = _cast({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, dtype)
+    any_float = next((v for v in tensors.values() if v.is_floating_point()), None)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "fingerprint": model.fingerprint,
+        "dtype": str(any_float.dtype).removeprefix("torch.") if any_float is not None else "none",
+        **model.config.to_metadata(),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def face_net_blocks(keys: Iterable[str]) -> tuple[int, int, int, int]:
+    """Residual blocks per stage of an IResNet state dict (IResNet-100: 3, 13, 30, 3)."""
+    keys = list(keys)
+    return tuple(_layer_count(keys, f"layer{i}.") for i in range(1, 5))  # type: ignore[return-value]
+
+
+def load_face_net(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> FaceRecognitionNet:
+    """The IResNet-100 face net from a ``.pth`` (weights_only) or ``.safetensors`` file; eval, frozen."""
+    path = Path(path)
+    tensors = _strip_wrappers(read_tensors(path)[0])
+    if _is_uniid(tensors):
+        raise CheckpointError(
+            f"{path} is a UniID checkpoint, not the face-recognition net: load it as the UniID weights and "
+            "give the IResNet-100 backbone (e.g. glint360k r100 backbone.pth) as the face model"
+        )
+    foreign = _foreign_kind(tensors)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign[0]}, not the IResNet-100 face-recognition net")
+    if not _is_face_net(tensors):
+        raise CheckpointError(
+            f"{path} is not an insightface IResNet backbone (expected keys like conv1.weight, layer1.0.*, "
+            f"fc.weight, features.*; found e.g. {_brief(list(tensors)[:_SHOWN])})"
+        )
+    blocks = face_net_blocks(tensors)
+    if blocks != IRESNET100_BLOCKS:
+        raise CheckpointError(
+            f"{path} is an IResNet with {list(blocks)} blocks per stage; UniID was trained with IResNet-100 "
+            f"({list(IRESNET100_BLOCKS)}, the Glint360K r100 backbone.pth): use that one"
+        )
+    with torch.device("meta"):
+        net = FaceRecognitionNet(blocks)
+    _check_fit(net, tensors, str(path), "IResNet-100")
+    net.load_state_dict(_cast(tensors, dtype), strict=True, assign=True)
+    return net.to(device).eval().requires_grad_(False)
