@@ -1,0 +1,94 @@
+"""uniid_core.pipeline: the merge schedule is applied exactly, negatives carry no identity text tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.conftest import tiny_face_net
+from training.components import attn2_layer_widths
+from uniid_core.diffusers_processor import uniid_processors
+from uniid_core.models.uniid import UniIDConfig, UniIDModel
+from uniid_core.pipeline import GenerationSettings, UniIDPipeline
+from uniid_core.schedule import MergeSchedule
+from uniid_core.splice import splice_text_tokens
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_base: Path) -> UniIDPipeline:
+    """Tiny SDXL + a random two-branch UniID model + the small face net."""
+    from diffusers import StableDiffusionXLPipeline
+
+    sdxl = StableDiffusionXLPipeline.from_pretrained(tiny_base)
+    sdxl.set_progress_bar_config(disable=True)
+    torch.manual_seed(3)
+    config = UniIDConfig(
+        num_text_tokens=2,
+        num_adapter_tokens=4,
+        adapter_hidden_dim=64,
+        text_widths=(64, 128),
+        context_dim=192,
+        layer_widths=attn2_layer_widths(sdxl.unet),
+    )
+    model = UniIDModel(config)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.adapter_branch.adapter_resampler.proj_out.weight, std=0.05)
+    model.refresh_fingerprint()
+    return UniIDPipeline(sdxl, model.eval(), tiny_face_net(), names=["Tom Hanks", "Ada Lovelace", "Pele"])
+
+
+@pytest.mark.parametrize("merge_step", [0, 2])
+def test_merge_schedule_switches_text_and_adapter_scales(pipeline: UniIDPipeline, merge_step: int) -> None:
+    faces = torch.rand(1, 3, 112, 112) * 2 - 1
+    identity = pipeline.encode_identity(faces, "woman")
+    schedule = MergeSchedule(merge_step=merge_step)
+    settings = GenerationSettings(
+        prompt="a photo of a <class word>", num_inference_steps=3, height=64, width=64, schedule=schedule
+    )
+    calls = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        scales = {p.scale for p in uniid_processors(module)}
+        rescales = {p.rescale for p in uniid_processors(module)}
+        calls.append((kwargs["encoder_hidden_states"].clone(), scales, rescales))
+
+    hook = pipeline.sdxl.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        pipeline(identity, settings, output_type="latent")
+    finally:
+        hook.remove()
+    assert {p.rescale for p in uniid_processors(pipeline.sdxl.unet)} == {"normalized"}
+    positive, negative, _, _ = pipeline.sdxl.encode_prompt(
+        "a photo of a woman", device="cpu", negative_prompt=settings.negative_prompt
+    )
+    tokens = identity.text_tokens_for_prompt()
+    adapter = identity.adapter_tokens
+    empty = pipeline.model.negative_adapter_tokens()
+    assert len(calls) == 3
+    for i, (context, scales, rescales) in enumerate(calls):
+        before = i < merge_step
+        text_scale = schedule.text_before if before else schedule.text_after
+        expected = torch.cat([splice_text_tokens(positive, tokens, text_scale), adapter], dim=1)
+        torch.testing.assert_close(context[1:], expected)
+        torch.testing.assert_close(context[:1], torch.cat([negative, empty], dim=1))
+        assert scales == {schedule.adapter_before if before else schedule.adapter_after}
+        assert rescales == {"normalized"}
+
+
+def test_text_tokens_are_anchor_rescaled(pipeline: UniIDPipeline) -> None:
+    identity = pipeline.encode_identity(torch.rand(1, 3, 112, 112) * 2 - 1)
+    anchor = pipeline.anchor()
+    norms = identity.text_tokens_for_prompt()[0].split([64, 128], dim=-1)
+    torch.testing.assert_close(norms[0].norm(dim=-1), anchor.norms_l)
+    torch.testing.assert_close(norms[1].norm(dim=-1), anchor.norms_g)
+
+
+def test_same_seed_same_image(pipeline: UniIDPipeline) -> None:
+    identity = pipeline.encode_identity(torch.zeros(1, 3, 112, 112))
+    settings = GenerationSettings(prompt="portrait", num_inference_steps=2, height=64, width=64, seed=5)
+    first = pipeline(identity, settings, output_type="latent")
+    torch.testing.assert_close(first, pipeline(identity, settings, output_type="latent"), rtol=0, atol=0)
+    settings.seed = 6
+    assert not torch.allclose(first, pipeline(identity, settings, output_type="latent"))

@@ -1,0 +1,1 @@
+"""Standalone UniID trainer (accelerate): dataset preparation, two-stage training, checkpoints, export."""

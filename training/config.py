@@ -1,0 +1,132 @@
+"""Training configuration: one dataclass whose defaults are the official recipe, read from YAML/JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uniid_core.errors import UniIDError
+
+STAGES = ("text", "adapter")
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "text": {"learning_rate": 1e-4, "train_batch_size": 23, "num_train_epochs": 12},
+    "adapter": {"learning_rate": 1e-5, "train_batch_size": 19, "num_train_epochs": 16},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; None fields take the official value of the chosen stage."""
+
+    stage: str = "text"
+    base: str = ""
+    face_net: str = ""
+    dataset: str = ""
+    output_dir: str = "uniid-training"
+
+    num_text_tokens: int = 3
+    num_adapter_tokens: int = 25
+    adapter_hidden_dim: int = 768
+    init_from: str | None = None
+
+    resolution: int = 512
+    prompt_template: str = "a photo of a {class_word}"
+    use_cached_latents: bool = True
+
+    learning_rate: float | None = None
+    train_batch_size: int | None = None
+    num_train_epochs: int | None = None
+    max_train_steps: int | None = None
+    stop_after_steps: int | None = None
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str | None = None
+    allow_tf32: bool = True
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+
+    adapter_drop_rate: float = 0.05
+    text_drop_rate: float = 0.05
+    both_drop_rate: float = 0.05
+
+    seed: int = 42
+    dataloader_num_workers: int = 2
+
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = None
+    export_path: str | None = None
+    merge_with: str | None = None
+
+    validation_steps: int = 0
+    validation_indices: list[int] = field(default_factory=lambda: [0])
+    validation_prompts: list[str] = field(
+        default_factory=lambda: ["a photo of a <class word> in a garden, portrait, detailed face"]
+    )
+    validation_num_inference_steps: int = 30
+    validation_resolution: int = 1024
+    validation_guidance_scale: float = 7.5
+    validation_merge_step: int = 5
+
+    logging_steps: int = 10
+    report_to: str | None = "tensorboard"
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        """Fill the stage defaults and reject values that cannot train."""
+        if self.stage not in STAGES:
+            raise UniIDError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        for key, value in STAGE_DEFAULTS[self.stage].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise UniIDError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        rates = (self.adapter_drop_rate, self.text_drop_rate, self.both_drop_rate)
+        if min(rates) < 0 or sum(rates) > 1:
+            raise UniIDError(f"feature drop rates must be >= 0 and sum to <= 1, got {rates}")
+        if "{class_word}" not in self.prompt_template:
+            raise UniIDError("prompt_template must contain {class_word}, e.g. 'a photo of a {class_word}'")
+        if self.gradient_accumulation_steps < 1 or self.train_batch_size < 1:
+            raise UniIDError("train_batch_size and gradient_accumulation_steps must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for logging and for saving next to checkpoints)."""
+        return dataclasses.asdict(self)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """Split 'key=value' and parse the value as YAML (numbers, booleans, lists, null)."""
+    if "=" not in text:
+        raise UniIDError(f"override {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML or JSON file (keys = TrainConfig fields), apply 'key=value' overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text) if str(path).endswith(".json") else (yaml.safe_load(text) or {})
+        if not isinstance(data, dict):
+            raise UniIDError(f"{path} must hold a mapping of TrainConfig fields")
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        data[key] = value
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UniIDError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+    return TrainConfig(**data)

@@ -1,0 +1,385 @@
+"""UniID identity-focused training of one branch (stage "text" or "adapter") with accelerate.
+
+`accelerate launch -m training.train --config FILE.yaml [--resume latest] [--set key=value ...]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training.checkpointing import (
+    EMA_FILE,
+    UNIID_FILE,
+    TrainerState,
+    export_uniid,
+    load_branch_weights,
+    load_ema,
+    read_trainer_state,
+    resolve_resume,
+    save_checkpoint,
+    save_ema,
+)
+from training.components import (
+    BaseModels,
+    PromptCache,
+    UniIDTrainingModule,
+    build_uniid,
+    draw_feature_dropout,
+    load_base,
+    mask_features,
+    time_ids,
+)
+from training.config import TrainConfig, load_config
+from training.data import (
+    FaceDataset,
+    ResumableBatchSampler,
+    collate,
+    faces_uint8_to_input,
+    pixels_to_unit_range,
+)
+from uniid_core.checkpoint import load_face_net, save_uniid
+from uniid_core.diffusers_processor import install_uniid_processors
+from uniid_core.errors import UniIDError
+
+
+@dataclass
+class TrainResult:
+    """What a run did: logged (step, loss) pairs, the final step, checkpoint and export paths."""
+
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    global_step: int = 0
+    checkpoint: Path | None = None
+    export: Path | None = None
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """CPU generator for one micro-batch's randomness, a pure function of (seed, micro-step, rank).
+
+    Resuming therefore replays the exact noise, timesteps, dropout and latent samples.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_009 + rank)
+
+
+class Trainer:
+    """One training run: builds everything from a TrainConfig, then loops, checkpoints and exports."""
+
+    def __init__(
+        self, cfg: TrainConfig, face_net: torch.nn.Module | None = None, base: BaseModels | None = None
+    ) -> None:
+        """Create the accelerator, models, data, optimizer, scheduler and checkpoint hooks.
+
+        `face_net` / `base` replace loading cfg.face_net / cfg.base (tests and benchmarks inject
+        random-weight models built in memory).
+        """
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        missing = [
+            k
+            for k in ("dataset",)
+            + (("base",) if base is None else ())
+            + (("face_net",) if face_net is None else ())
+            if not getattr(cfg, k)
+        ]
+        if missing:
+            raise UniIDError(f"set {', '.join(missing)} in the training config (see training/configs/*.yaml)")
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        project = ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs"))
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision=cfg.mixed_precision,
+            log_with=cfg.report_to or None,
+            project_config=project,
+        )
+        acc = self.accelerator
+        set_seed(cfg.seed)
+        if cfg.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.device = acc.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            acc.mixed_precision, torch.float32
+        )
+
+        self.dataset = FaceDataset(cfg.dataset, cfg.resolution, cfg.use_cached_latents)
+        self.base = base if base is not None else load_base(cfg.base)
+        base = self.base
+        base.unet.to(self.device, self.weight_dtype)
+        vae_dtype = (
+            torch.float32 if self.weight_dtype == torch.float16 and base.vae.config.force_upcast else None
+        )
+        self.vae_dtype = vae_dtype or self.weight_dtype
+        base.vae.to(self.device, self.vae_dtype)
+        base.text_encoder.to(self.device, self.weight_dtype)
+        base.text_encoder_2.to(self.device, self.weight_dtype)
+        self.prompts = PromptCache(cfg.prompt_template, base, self.dataset.class_words(), self.device)
+        if face_net is None:
+            face_net = load_face_net(cfg.face_net, dtype=self.weight_dtype, device=self.device)
+        self.face_net = face_net.to(self.device, self.weight_dtype).eval().requires_grad_(False)
+
+        widths = (base.text_encoder.config.hidden_size, base.text_encoder_2.config.hidden_size)
+        self.uniid = build_uniid(cfg, base.unet, widths, base.unet.config.cross_attention_dim).to(self.device)
+        if cfg.stage == "adapter":
+            install_uniid_processors(base.unet, self.uniid, rescale="add", scale=1.0)
+        if cfg.gradient_checkpointing:
+            base.unet.enable_gradient_checkpointing()
+        self.module = UniIDTrainingModule(self.uniid, base.unet, cfg.stage)
+        branch = self.module.trainable_branch()
+        branch.requires_grad_(True)
+        branch.train()
+        self.params = [p for p in branch.parameters() if p.requires_grad]
+
+        self.sampler = ResumableBatchSampler(
+            len(self.dataset), cfg.train_batch_size, cfg.seed, acc.process_index, acc.num_processes
+        )
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=cfg.dataloader_num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.dataloader_num_workers > 0,
+        )
+        per_epoch = max(1, self.sampler.batches_per_epoch() // cfg.gradient_accumulation_steps)
+        self.max_steps = cfg.max_train_steps or cfg.num_train_epochs * per_epoch
+        self.num_epochs = math.ceil(self.max_steps / per_epoch) + 1
+
+        from diffusers.optimization import get_scheduler
+
+        optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+            eps=cfg.adam_epsilon,
+        )
+        scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+            num_training_steps=self.max_steps * acc.num_processes,
+        )
+        self.ema = None
+        if cfg.use_ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=cfg.ema_decay)
+            self.ema.to(self.device)
+        self.model, self.optimizer, self.scheduler = acc.prepare(self.module, optimizer, scheduler)
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+        self.state = TrainerState()
+        self.result = TrainResult()
+        self.validator = None
+        if cfg.validation_steps > 0 and acc.is_main_process:
+            from training.validation import Validator
+
+            self.validator = Validator(self)
+
+    def _save_hook(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
+        """Save only the trained branch (unwrapped, single-file UniID format) and EMA, not the UNet."""
+        if self.accelerator.is_main_process:
+            self.uniid.refresh_fingerprint()
+            save_uniid(self.uniid, str(Path(output_dir) / UNIID_FILE))
+            if self.ema is not None:
+                save_ema(self.ema, Path(output_dir) / EMA_FILE)
+        weights.clear()
+
+    def _load_hook(self, models: list[Any], input_dir: str) -> None:
+        """Restore what _save_hook saved; accelerate then restores optimizer, scheduler and RNG."""
+        models.clear()
+        load_branch_weights(self.uniid, Path(input_dir) / UNIID_FILE)
+        if self.ema is not None:
+            load_ema(self.ema, Path(input_dir) / EMA_FILE)
+
+    def resume(self) -> None:
+        """Load the requested checkpoint, if any, and its data position."""
+        path = resolve_resume(self.out / "checkpoints", self.cfg.resume_from_checkpoint)
+        if path is None:
+            if self.cfg.resume_from_checkpoint and self.accelerator.is_main_process:
+                print(
+                    f"no checkpoint in {self.out / 'checkpoints'} yet: starting from scratch", file=sys.stderr
+                )
+            return
+        self.accelerator.load_state(str(path))
+        self.state = read_trainer_state(path)
+        if self.accelerator.is_main_process:
+            print(f"resumed from {path} at step {self.state.global_step}", file=sys.stderr)
+
+    def target_latents(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """Scaled VAE latents of the 512x512 targets: sampled from cached (mean, std) or encoded now."""
+        vae = self.base.vae
+        if "latent_mean" in batch:
+            mean = batch["latent_mean"].float()
+            sample = mean + batch["latent_std"].float() * torch.randn(mean.shape, generator=generator)
+            latents = sample.to(self.device)
+        else:
+            pixels = pixels_to_unit_range(batch["pixels"].to(self.device)).to(self.vae_dtype)
+            with torch.no_grad():
+                dist = vae.encode(pixels).latent_dist
+            noise = torch.randn(dist.mean.shape, generator=generator).to(self.device, dist.mean.dtype)
+            latents = (dist.mean + dist.std * noise).float()
+        return latents * vae.config.scaling_factor
+
+    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """eps-MSE of one micro-batch; randomness is drawn from `generator` in a fixed order."""
+        cfg = self.cfg
+        count = len(batch["class_word"])
+        keep_text, keep_adapter = draw_feature_dropout(
+            count, generator, cfg.adapter_drop_rate, cfg.text_drop_rate, cfg.both_drop_rate
+        )
+        latents = self.target_latents(batch, generator)
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        timesteps = torch.randint(
+            0, self.base.noise_scheduler.config.num_train_timesteps, (count,), generator=generator
+        ).to(self.device)
+        noisy = self.base.noise_scheduler.add_noise(latents, noise, timesteps)
+        with torch.no_grad():
+            faces = faces_uint8_to_input(batch["face"].to(self.device)).to(self.weight_dtype)
+            features = self.face_net(faces)
+        features = mask_features(features, keep_text if cfg.stage == "text" else keep_adapter)
+        prompt_embeds, pooled = self.prompts(batch["class_word"])
+        add_time_ids = time_ids(batch["original_size"].to(self.device), cfg.resolution).to(self.weight_dtype)
+        pred = self.model(
+            noisy.to(self.weight_dtype), timesteps, prompt_embeds, pooled, add_time_ids, features
+        )
+        return F.mse_loss(pred.float(), noise.float())
+
+    def checkpoint(self) -> None:
+        """Atomic checkpoint of the current state."""
+        self.result.checkpoint = save_checkpoint(
+            self.accelerator,
+            self.out / "checkpoints",
+            self.state,
+            self.cfg.to_dict(),
+            self.cfg.checkpoints_total_limit,
+        )
+
+    def export(self) -> Path:
+        """Single-file UniID export of the trained branch (EMA weights when EMA is on), merged if asked."""
+        path = Path(self.cfg.export_path or self.out / f"uniid_{self.cfg.stage}.safetensors")
+        if self.ema is not None:
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
+        try:
+            export_uniid(self.uniid, path, self.cfg.merge_with)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(self.params)
+        return path
+
+    def run(self) -> TrainResult:
+        """Train until max_train_steps (or stop_after_steps), checkpointing, validating and logging."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        self.resume()
+        if acc.is_main_process and cfg.report_to:
+            acc.init_trackers(
+                "uniid", config={k: v for k, v in cfg.to_dict().items() if not isinstance(v, list)}
+            )
+        stop_at = min(self.max_steps, cfg.stop_after_steps or self.max_steps)
+        bar = tqdm(
+            total=self.max_steps,
+            initial=self.state.global_step,
+            desc=f"uniid-{cfg.stage}",
+            disable=not (acc.is_main_process and cfg.progress_bar),
+            dynamic_ncols=True,
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count = 0
+        window_start, window_images = time.perf_counter(), 0
+        saved_at = -1
+        self.model.train()
+        while self.state.global_step < stop_at and self.state.epoch < self.num_epochs:
+            self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+            for batch in self.loader:
+                generator = step_generator(cfg.seed, self.state.micro_step, acc.process_index)
+                with acc.accumulate(self.model):
+                    loss = self.compute_loss(batch, generator)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.state.micro_step += 1
+                self.state.batch_in_epoch += 1
+                loss_sum += loss.detach()
+                loss_count += 1
+                window_images += len(batch["class_word"]) * acc.num_processes
+                if not acc.sync_gradients:
+                    continue
+                self.state.global_step += 1
+                step = self.state.global_step
+                if self.ema is not None:
+                    self.ema.step(self.params)
+                bar.update(1)
+                if step % cfg.logging_steps == 0 or step == stop_at:
+                    mean_loss = acc.gather(loss_sum / loss_count).mean().item()
+                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    lr = self.scheduler.get_last_lr()[0]
+                    acc.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}, step=step)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.2f}", lr=f"{lr:.2e}")
+                    self.result.losses.append((step, mean_loss))
+                    loss_sum.zero_()
+                    loss_count = 0
+                    window_start, window_images = time.perf_counter(), 0
+                if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                    self.checkpoint()
+                    saved_at = step
+                if self.validator is not None and step % cfg.validation_steps == 0:
+                    self.validator.run(step)
+                if cfg.validation_steps > 0:
+                    acc.wait_for_everyone()
+                if step >= stop_at:
+                    break
+            else:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+        bar.close()
+        if saved_at != self.state.global_step:
+            self.checkpoint()
+        if self.state.global_step >= self.max_steps and acc.is_main_process:
+            self.result.export = self.export()
+        acc.wait_for_everyone()
+        acc.end_training()
+        self.result.global_step = self.state.global_step
+        return self.result
+
+
+def train(cfg: TrainConfig, face_net: torch.nn.Module | None = None) -> TrainResult:
+    """Run one training job in this process (accelerate launch starts one per device)."""
+    return Trainer(cfg, face_net).run()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="accelerate launch -m training.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", required=True, help="YAML or JSON file of TrainConfig fields")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    """Entry point for `accelerate launch -m training.train`."""
+    args = parse_args(argv)
+    overrides = list(args.set) + ([f"resume_from_checkpoint={args.resume}"] if args.resume else [])
+    return train(load_config(args.config, overrides))
+
+
+if __name__ == "__main__":
+    main()
