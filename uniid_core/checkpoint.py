@@ -411,8 +411,13 @@ def _check_metadata(
             "update the node pack"
         )
     actual = infer_config(tensors, stored.family)
-    for name in ("num_text_tokens", "num_adapter_tokens", "adapter_hidden_dim", "text_widths", "context_dim"):
-        if getattr(stored, name) != getattr(actual, name) and getattr(actual, name) is not None:
+    checked = []
+    if actual.num_text_tokens is not None:
+        checked += ["num_text_tokens", "text_widths"]
+    if actual.num_adapter_tokens is not None:
+        checked += ["num_adapter_tokens", "adapter_hidden_dim", "context_dim"]
+    for name in checked:
+        if getattr(stored, name) != getattr(actual, name):
             raise CheckpointError(
                 f"{file}: metadata says {name}={getattr(stored, name)} but the tensors hold "
                 f"{getattr(actual, name)}; the file was edited or damaged, convert it again"

@@ -120,3 +120,24 @@ def test_legacy_torch_format_and_misleading_suffix(tiny_model, tmp_path):
     renamed = tmp_path / "really_safetensors.bin"
     renamed.write_bytes(save_uniid(tiny_model, tmp_path / "x.safetensors").read_bytes())
     assert load_uniid(renamed).config == tiny_model.config
+
+
+@pytest.mark.parametrize("branch", ["text", "adapter"])
+def test_single_branch_file_with_non_default_sizes_loads(branch, tmp_path):
+    """Metadata of the absent branch (e.g. text widths in an adapter-only file) is not held against it."""
+    from dataclasses import replace
+
+    from tests.core.conftest import TINY_CONFIG, randomize
+    from uniid_core.models.uniid import UniIDModel
+
+    if branch == "text":
+        config = replace(TINY_CONFIG, num_adapter_tokens=None, adapter_hidden_dim=None)
+    else:
+        config = replace(TINY_CONFIG, num_text_tokens=None)
+    model = randomize(UniIDModel(config), seed=2)
+    model.refresh_fingerprint()
+    loaded = load_uniid(save_uniid(model, tmp_path / f"{branch}.safetensors"))
+    assert (loaded.text_branch is None) == (branch == "adapter")
+    assert (loaded.adapter_branch is None) == (branch == "text")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
