@@ -1,0 +1,178 @@
+"""Whole sampling step through ComfyUI: plain SDXL vs the same model patched by UniID Apply (a ratio).
+
+Both variants sample the same latent with the same sampler in interleaved rounds in one process; the
+printed ratio (median patched / median plain time per step) is what means something, absolute times
+drift with machine load. CPU: SDXL layout with model_channels 64 at 256x256. GPU: full SDXL at 1024x1024
+in fp16 (random weights, real shapes).
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_comfy_step.py
+    COMFYUI_PATH=... python benchmarks/bench_comfy_step.py --device cuda --size 1024 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _comfy(path: str, device: str):
+    """Import ComfyUI in-process and load the UniID pack through ComfyUI's custom-node loader."""
+    sys.path.insert(0, path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = device == "cpu"
+    import comfy.utils
+    import utils.extra_config  # noqa: F401  (ComfyUI's utils package before `nodes`)
+
+    import nodes
+
+    comfy.utils.set_progress_bar_enabled(False)
+    link = Path(tempfile.mkdtemp()) / "ComfyUI-UniID"
+    link.symlink_to(REPO, target_is_directory=True)
+    if not asyncio.run(nodes.load_custom_node(str(link))):
+        raise SystemExit("ComfyUI could not load the UniID pack")
+    return nodes, sys.modules[str(link).replace(".", "_x_") + ".nodes"]
+
+
+def _unet_config(full: bool, dtype) -> dict:
+    return {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "out_channels": 4,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "num_classes": "sequential",
+        "adm_in_channels": 2816,
+        "dtype": dtype,
+        "in_channels": 4,
+        "model_channels": 320 if full else 64,
+        "num_res_blocks": [2, 2, 2],
+        "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth_middle": 10,
+        "use_linear_in_transformer": True,
+        "context_dim": 2048,
+        "num_head_channels": 64,
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+    }
+
+
+def _init(module, seed: int) -> None:
+    import torch
+
+    gen = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=gen)
+            else:
+                param.normal_(1.0 if name.endswith("weight") else 0.0, 0.02, generator=gen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--size", type=int, default=0, help="image side in pixels (default 256 CPU, 1024 GPU)"
+    )
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rescale", default="normalized")
+    args = parser.parse_args()
+    if not args.comfyui:
+        raise SystemExit("give --comfyui or set COMFYUI_PATH")
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    full = device == "cuda"
+    size = args.size or (1024 if full else 256)
+    nodes, pack = _comfy(args.comfyui, device)
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from uniid_core.identity import Identity
+    from uniid_core.models.uniid import UniIDConfig, UniIDModel
+
+    dtype = torch.float16 if full else torch.float32
+    config = comfy.supported_models.SDXL(_unet_config(full, dtype))
+    config.set_inference_dtype(dtype, None)
+    load_device = mm.get_torch_device()
+    base = config.get_model({}, device=load_device)
+    _init(base.diffusion_model, 0)
+    model = comfy.model_patcher.ModelPatcher(
+        base, load_device=load_device, offload_device=mm.unet_offload_device()
+    )
+    layers = pack.family.cross_attn_layers(model)
+    uniid_config = UniIDConfig(
+        num_text_tokens=None,
+        num_adapter_tokens=25,
+        adapter_hidden_dim=768,
+        layer_widths={2 * i + 1: layer.width for i, layer in enumerate(layers)},
+        adapter_depth=1,
+    )
+    with torch.no_grad():
+        uniid = UniIDModel(uniid_config).eval()
+    weights = pack.bundle.UniIDWeights(model=uniid, source="random", dtype_choice="auto")
+    gen = torch.Generator().manual_seed(1)
+    identity = Identity(
+        text_tokens=torch.randn(1, 3, 2048, generator=gen),
+        text_tokens_rescaled=torch.randn(1, 3, 2048, generator=gen) * 0.5,
+        adapter_tokens=torch.randn(1, 25, 2048, generator=gen),
+        model_fingerprint=uniid.fingerprint,
+    )
+    positive = [
+        [torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen)}]
+    ]
+    negative = [
+        [torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen)}]
+    ]
+    patched, patched_positive = pack.apply.UniIDApply().apply(
+        model, positive, weights, identity, 2, 0.5, 1.8, 0.8, 1.2, args.rescale, 0.0, 1.0
+    )
+    latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
+    variants = {"plain": (model, positive), "uniid": (patched, patched_positive)}
+
+    def run(name: str) -> float:
+        unet, cond = variants[name]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        nodes.common_ksampler(unet, 0, args.steps, 5.0, "euler", "normal", cond, negative, latent)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / args.steps
+
+    for name in variants:
+        run(name)
+    times = {name: [] for name in variants}
+    for round_index in range(args.rounds):
+        order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
+        for name in order:
+            times[name].append(run(name))
+    plain, uniid_time = statistics.median(times["plain"]), statistics.median(times["uniid"])
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if full else 'cpu'}), threads "
+        f"{torch.get_num_threads()}, {dtype}, {size}x{size}, batch 2 (CFG), {len(layers)} attn2 layers, "
+        f"{args.steps} euler steps x {args.rounds} interleaved rounds, rescale {args.rescale}"
+    )
+    for name, median in (("plain", plain), ("uniid", uniid_time)):
+        print(
+            f"{name:6s} median {median * 1000:.1f} ms/step (all: {[round(t * 1000, 1) for t in times[name]]})"
+        )
+    print(f"ratio uniid/plain: {uniid_time / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()

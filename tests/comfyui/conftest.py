@@ -1,0 +1,191 @@
+"""ComfyUI fixtures: a real ComfyUI in-process (COMFYUI_PATH) with our pack loaded by its own loader.
+
+Also a small SDXL-layout UNet (all 70 attn2 layers), a 3-layer SDXL CLIP and small random UniID weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "ComfyUI-UniID"
+
+SDXL_SMALL_UNET = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "dtype": torch.float32,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 32,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+
+def _comfy_path() -> Path:
+    path = os.environ.get("COMFYUI_PATH")
+    if not path or not (Path(path) / "comfy").is_dir():
+        pytest.skip("needs a ComfyUI checkout: set COMFYUI_PATH")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory) -> types.SimpleNamespace:
+    """ComfyUI imported in-process on CPU, with our pack loaded by ComfyUI's own custom-node loader."""
+    root = _comfy_path()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    if "nodes" in sys.modules and not hasattr(sys.modules["nodes"], "load_custom_node"):
+        del sys.modules["nodes"]
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.use_pytorch_cross_attention = True
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import folder_paths
+    import utils.extra_config  # noqa: F401  (ComfyUI's own utils package before `nodes`)
+
+    import nodes
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    for sub in ("models", "input", "output", "temp", "custom_nodes"):
+        (base / sub).mkdir()
+    folder_paths.set_input_directory(str(base / "input"))
+    folder_paths.set_output_directory(str(base / "output"))
+    folder_paths.set_temp_directory(str(base / "temp"))
+    for name in ("uniid", "insightface", "diffusion_models", "checkpoints"):
+        (base / "models" / name).mkdir()
+    link = base / "custom_nodes" / PACK_NAME
+    link.symlink_to(REPO, target_is_directory=True)
+    loaded = asyncio.run(nodes.load_custom_node(str(link)))
+    assert loaded, "ComfyUI's loader refused the UniID pack (see the log above)"
+    for name in ("uniid", "insightface", "diffusion_models"):
+        folder_paths.add_model_folder_path(name, str(base / "models" / name), is_default=True)
+    pack = sys.modules[str(link).replace(".", "_x_")]
+    return types.SimpleNamespace(
+        root=root,
+        base=base,
+        nodes=nodes,
+        folder_paths=folder_paths,
+        mm=comfy.model_management,
+        model_patcher=comfy.model_patcher,
+        sd=comfy.sd,
+        supported_models=comfy.supported_models,
+        pack=pack,
+    )
+
+
+def init_weights(module: torch.nn.Module, seed: int) -> None:
+    """Deterministic well-scaled values for every parameter (ComfyUI builds layers uninitialised)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=gen)
+            elif name.endswith("weight"):
+                param.normal_(1.0, 0.1, generator=gen)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
+
+
+@pytest.fixture(scope="session")
+def small_sdxl(comfy):
+    """ModelPatcher of an SDXL-layout UNet (all 70 attn2 layers) with model_channels 32 (widths 64/128)."""
+    config = comfy.supported_models.SDXL(dict(SDXL_SMALL_UNET))
+    config.unet_config["num_head_channels"] = SDXL_SMALL_UNET["num_head_channels"]
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights(model.diffusion_model, 1)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
+    )
+
+
+@pytest.fixture(scope="session")
+def small_clip(comfy):
+    """ComfyUI SDXL CLIP (real widths 768 + 1280, real tokenizers) with 3 layers per tower, float32."""
+    import comfy.sdxl_clip
+
+    target = types.SimpleNamespace(
+        clip=comfy.sdxl_clip.SDXLClipModel, tokenizer=comfy.sdxl_clip.SDXLTokenizer, params={}
+    )
+    options = {
+        "dtype": torch.float32,
+        "clip_l_model_config": {"num_hidden_layers": 3},
+        "clip_g_model_config": {"num_hidden_layers": 3},
+    }
+    clip = comfy.sd.CLIP(target, model_options=options)
+    init_weights(clip.cond_stage_model, 2)
+    return clip
+
+
+def small_uniid_model(layer_widths: list[int], seed: int = 3):
+    """A random UniID model (text branch N=3, adapter M=4, depth 1) whose ip layers fit ``layer_widths``."""
+    from uniid_core.models.uniid import UniIDConfig, UniIDModel
+
+    config = UniIDConfig(
+        num_text_tokens=3,
+        num_adapter_tokens=4,
+        adapter_hidden_dim=64,
+        layer_widths={2 * i + 1: w for i, w in enumerate(layer_widths)},
+        text_depth=1,
+        adapter_depth=1,
+    )
+    torch.manual_seed(seed)
+    model = UniIDModel(config)
+    init_weights(model, seed)
+    model.refresh_fingerprint()
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def uniid_weights(pack, small_sdxl):
+    """UniIDWeights (the UNIID socket value) sized for the small UNet."""
+    widths = [layer.width for layer in pack.family.cross_attn_layers(small_sdxl)]
+    return pack.bundle.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
+
+
+@pytest.fixture(scope="session")
+def small_face_net():
+    """An IResNet with one block per stage (same interface as IResNet-100), random eval-mode weights."""
+    from uniid_core.models.iresnet import FaceRecognitionNet
+
+    net = FaceRecognitionNet(blocks=(1, 1, 1, 1))
+    init_weights(net, 4)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                module.running_var.fill_(1.0)
+                module.running_mean.zero_()
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def pack(comfy) -> types.SimpleNamespace:
+    """Our pack's node modules as ComfyUI imported them (pack.patch, pack.apply, ...)."""
+    prefix = f"{comfy.pack.__name__}.nodes."
+    return types.SimpleNamespace(
+        **{name[len(prefix) :]: module for name, module in sys.modules.items() if name.startswith(prefix)}
+    )

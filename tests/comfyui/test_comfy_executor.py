@@ -1,0 +1,160 @@
+"""End to end: an API-format prompt with every UniID node runs through ComfyUI's validator and executor."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+class _Server:
+    """The parts of ComfyUI's PromptServer the executor talks to."""
+
+    client_id = None
+    last_node_id = None
+    sockets_metadata: dict = {}
+
+    def __init__(self) -> None:
+        self.events = []
+
+    def send_sync(self, event, data, sid=None):
+        self.events.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def model_files(comfy, uniid_weights, small_sdxl, small_clip):
+    """UniID weights, a random IResNet-100 and a face photo on disk; MODEL/CLIP from a test-only node."""
+    from safetensors.torch import save_file
+
+    from uniid_core.checkpoint import save_uniid
+    from uniid_core.models.iresnet import iresnet100
+
+    face_net = iresnet100()
+    with torch.no_grad():
+        for module in face_net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                module.running_var.fill_(1.0)
+
+    models = comfy.base / "models"
+    save_uniid(uniid_weights.model, models / "uniid" / "small_uniid.safetensors", dtype=torch.float16)
+    save_file(
+        {k: v.contiguous() for k, v in face_net.half().state_dict().items()},
+        str(models / "insightface" / "face_small.safetensors"),
+    )
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(
+        comfy.base / "input" / "face.png"
+    )
+
+    class UniIDTestModelSource:
+        RETURN_TYPES = ("MODEL", "CLIP")
+        FUNCTION = "load"
+        CATEGORY = "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+        def load(self):
+            return (small_sdxl, small_clip)
+
+    comfy.nodes.NODE_CLASS_MAPPINGS["UniIDTestModelSource"] = UniIDTestModelSource
+    yield models
+    comfy.nodes.NODE_CLASS_MAPPINGS.pop("UniIDTestModelSource", None)
+
+
+def _prompt():
+    apply = {
+        "model": ["1", 0],
+        "positive": ["7", 0],
+        "uniid": ["2", 0],
+        "identity": ["6", 0],
+        "clip": ["1", 1],
+        "merge_step": 1,
+        "text_scale_before": 0.5,
+        "text_scale_after": 1.8,
+        "adapter_scale_before": 0.8,
+        "adapter_scale_after": 1.2,
+        "rescale": "normalized",
+        "start_percent": 0.0,
+        "end_percent": 1.0,
+    }
+    encode = {
+        "uniid": ["2", 0],
+        "face_net": ["3", 0],
+        "face_detector": ["4", 0],
+        "image": ["5", 0],
+        "face_selection": "largest",
+        "face_index": 0,
+        "combine": "mean_features",
+        "on_no_face": "error",
+        "class_word": "auto",
+    }
+    sampler = {
+        "model": ["9", 0],
+        "seed": 1,
+        "steps": 2,
+        "cfg": 4.0,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "positive": ["9", 1],
+        "negative": ["8", 0],
+        "latent_image": ["10", 0],
+        "denoise": 1.0,
+    }
+    nodes = {
+        "1": ("UniIDTestModelSource", {}),
+        "2": ("UniIDLoader", {"uniid_name": "small_uniid.safetensors", "dtype": "auto"}),
+        "3": ("UniIDFaceNetLoader", {"face_net_name": "insightface/face_small.safetensors"}),
+        "4": (
+            "UniIDFaceDetectorLoader",
+            {"backend": "pre-aligned", "provider": "CPU", "insightface_model": "antelopev2", "det_size": 640},
+        ),
+        "5": ("LoadImage", {"image": "face.png"}),
+        "6": ("UniIDEncodeFace", encode),
+        "7": (
+            "UniIDTextEncode",
+            {"clip": ["1", 1], "text": "a photo of a <class word>", "class_word": ["6", 2]},
+        ),
+        "8": ("CLIPTextEncode", {"clip": ["1", 1], "text": "lowres"}),
+        "9": ("UniIDApply", apply),
+        "10": ("EmptyLatentImage", {"width": 64, "height": 64, "batch_size": 2}),
+        "11": ("KSampler", sampler),
+        "12": ("SaveLatent", {"samples": ["11", 0], "filename_prefix": "uniid_test"}),
+        "13": ("UniIDSaveIdentity", {"identity": ["6", 0], "name": "test_face", "overwrite": True}),
+    }
+    return {k: {"class_type": c, "inputs": i} for k, (c, i) in nodes.items()}
+
+
+def test_prompt_runs_through_comfy_executor(comfy, model_files):
+    import execution
+
+    prompt = _prompt()
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("uniid-test", prompt, None))
+    assert valid, (error, node_errors)
+    assert sorted(outputs) == ["12", "13"]
+    server = _Server()
+    executor = execution.PromptExecutor(server, cache_type=False)
+    executor.execute(prompt, "uniid-test", {}, outputs)
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert executor.success, errors
+    managed = [m.model for m in comfy.mm.current_loaded_models]
+    assert any(type(m.model).__name__ == "IPProjections" for m in managed), "ip weights not loaded by ComfyUI"
+    latents = list((comfy.base / "output").glob("uniid_test*.latent"))
+    assert len(latents) == 1
+    identity_file = model_files / "uniid" / "identities" / "test_face.safetensors"
+    assert identity_file.is_file()
+    from uniid_core.identity import load_identity
+
+    saved = load_identity(identity_file)
+    assert saved.class_word == "person" and saved.adapter_tokens.shape == (1, 4, 2048)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoadIdentity"]
+    assert "identities/test_face.safetensors" in loader.INPUT_TYPES()["required"]["identity_file"][0]
+    identity, word = loader().load("identities/test_face.safetensors")
+    assert word == "person" and torch.equal(identity.adapter_tokens, saved.adapter_tokens)

@@ -1,0 +1,168 @@
+"""ComfyUI's own loader registers every UniID node; folders, dropdowns and error messages users see."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+NODES = [
+    "UniIDLoader",
+    "UniIDFaceNetLoader",
+    "UniIDFaceDetectorLoader",
+    "UniIDEncodeFace",
+    "UniIDApply",
+    "UniIDSaveIdentity",
+    "UniIDLoadIdentity",
+    "UniIDTextEncode",
+]
+
+
+def test_every_node_is_registered_by_comfy_loader(comfy):
+    for name in NODES:
+        cls = comfy.nodes.NODE_CLASS_MAPPINGS[name]
+        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.ComfyUI-UniID"
+        assert cls.CATEGORY == "UniID"
+        assert callable(getattr(cls(), cls.FUNCTION))
+        assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("UniID ")
+        spec = cls.INPUT_TYPES()
+        json.dumps(spec)
+        for section in spec.values():
+            for input_name, entry in section.items():
+                assert len(entry) == 2 and entry[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+    assert "insightface" not in sys.modules, "the pack must import insightface lazily"
+
+
+def test_model_folders_follow_extra_model_paths(comfy, tmp_path):
+    fp = comfy.folder_paths
+    assert "uniid" in fp.folder_names_and_paths and "insightface" in fp.folder_names_and_paths
+    extra = tmp_path / "elsewhere"
+    (extra / "official" / "adapter_ckpt").mkdir(parents=True)
+    (extra / "official" / "adapter_ckpt" / "pytorch_model.bin").write_bytes(b"")
+    (extra / "mine.safetensors").write_bytes(b"")
+    fp.add_model_folder_path("uniid", str(extra))
+    fp.filename_list_cache.clear()
+    choices = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
+    assert "mine.safetensors" in choices and "official/" in choices
+
+
+def test_missing_file_names_folder_and_file(comfy):
+    from uniid_core.errors import CheckpointError
+
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"]()
+    with pytest.raises(
+        CheckpointError, match=r"'absent\.safetensors' was not found in the 'uniid' model folder"
+    ):
+        loader.load("absent.safetensors", "auto")
+    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"]()
+    with pytest.raises(CheckpointError, match="'insightface' model folder"):
+        face.load("insightface/glintr100.pth")
+
+
+def _fake_model(name: str, unet_config: dict, unet: bool) -> types.SimpleNamespace:
+    diffusion = types.SimpleNamespace(input_blocks=[], output_blocks=[]) if unet else types.SimpleNamespace()
+    config = type(name, (), {"unet_config": unet_config})()
+    base = type(name, (), {})()
+    base.model_config, base.diffusion_model = config, diffusion
+    return types.SimpleNamespace(model=base)
+
+
+@pytest.mark.parametrize(
+    "name,config,unet,hint",
+    [
+        ("SD15", {"context_dim": 768, "adm_in_channels": None}, True, "Stable Diffusion 1.x"),
+        ("SDXLRefiner", {"context_dim": 1280, "adm_in_channels": 2560}, True, "refiner"),
+        ("Flux", {"context_in_dim": 4096}, False, "Flux, SD3"),
+        ("SD3", {"context_dim": None}, False, "not a UNet"),
+    ],
+)
+def test_non_sdxl_models_are_refused_clearly(pack, name, config, unet, hint):
+    from uniid_core.errors import ModelFamilyError
+
+    with pytest.raises(ModelFamilyError, match="only with SDXL") as info:
+        pack.family.check_sdxl(_fake_model(name, config, unet))
+    assert hint in str(info.value) and name in str(info.value)
+
+
+def test_identity_from_other_weights_is_refused(pack, small_sdxl, uniid_weights):
+    from uniid_core.errors import IdentityMismatchError
+    from uniid_core.identity import Identity
+
+    identity = Identity(adapter_tokens=torch.zeros(1, 4, 2048), model_fingerprint="0123456789abcdef")
+    with pytest.raises(IdentityMismatchError, match="encode the face again"):
+        pack.apply.UniIDApply().apply(
+            small_sdxl,
+            [[torch.zeros(1, 77, 2048), {}]],
+            uniid_weights,
+            identity,
+            5,
+            0.5,
+            1.8,
+            0.8,
+            1.2,
+            "normalized",
+            0.0,
+            1.0,
+        )
+
+
+def test_text_tokens_need_clip_or_a_stored_anchor(pack, small_sdxl, uniid_weights):
+    from uniid_core.errors import UniIDError
+    from uniid_core.identity import Identity
+
+    identity = Identity(
+        text_tokens=torch.ones(1, 3, 2048),
+        adapter_tokens=torch.zeros(1, 4, 2048),
+        model_fingerprint=uniid_weights.fingerprint,
+    )
+    with pytest.raises(UniIDError, match="clip input"):
+        pack.apply.UniIDApply().apply(
+            small_sdxl,
+            [[torch.zeros(1, 77, 2048), {}]],
+            uniid_weights,
+            identity,
+            5,
+            0.5,
+            1.8,
+            0.8,
+            1.2,
+            "normalized",
+            0.0,
+            1.0,
+        )
+
+
+def test_rescaler_dropdown_lists_registered_strategies(comfy, pack):
+    from uniid_core.attention import register_rescaler
+
+    register_rescaler("test_half", lambda text, ip, scale, layer: text + 0.5 * scale * ip)
+    choices = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDApply"].INPUT_TYPES()["required"]["rescale"][0]
+    assert choices[0] == "normalized" and {"add", "test_half"} <= set(choices)
+
+
+def test_text_encode_substitutes_class_word(comfy, small_clip):
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDTextEncode"]()
+    conditioning, prompt = node.encode(small_clip, "a photo of a <class word> in Paris", "woman")
+    assert prompt == "a photo of a woman in Paris"
+    assert conditioning[0][0].shape == (1, 77, 2048)
+    assert conditioning[0][1]["uniid_prompt_tokens"] == 7
+
+
+def test_detector_loader_backends(comfy):
+    import numpy as np
+
+    from uniid_core.errors import FaceDetectionError
+
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"]()
+    (aligned,) = loader.load("pre-aligned", "CPU", "antelopev2", 640)
+    assert len(aligned.get().detect(np.zeros((112, 112, 3), np.uint8))) == 1
+    with pytest.raises(FaceDetectionError, match=r"models/insightface/models/antelopev2"):
+        loader.load("insightface", "CPU", "antelopev2", 640)
+    try:
+        (mtcnn,) = loader.load("mtcnn", "CPU", "antelopev2", 640)
+    except FaceDetectionError as exc:
+        pytest.skip(f"needs the MTCNN model files: {exc}")
+    assert mtcnn.get().detect(np.zeros((160, 160, 3), np.uint8)) == []
