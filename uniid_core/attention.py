@@ -217,7 +217,6 @@ class _KVEntry:
     weight_k: Tensor
     weight_v: Tensor
     weight_key: tuple
-    fused: Tensor
     k: Tensor
     v: Tensor
 
@@ -259,22 +258,19 @@ class IPKVCache:
         token_key = _token_key(tokens)
         weight_key = (_token_key(weight_k), _token_key(weight_v))
         entry = self._store.get(key)
-        same_weights = (
+        if (
             entry is not None
             and entry.weight_k is weight_k
             and entry.weight_v is weight_v
             and entry.weight_key == weight_key
-        )
-        if same_weights and entry.token_key == token_key:
+            and entry.token_key == token_key
+        ):
             return entry.k, entry.v
         with torch.no_grad():
-            if same_weights:
-                fused = entry.fused
-            else:
-                fused = torch.cat([weight_k, weight_v], dim=0).to(device=device, dtype=dtype)
+            fused = torch.cat([weight_k, weight_v], dim=0).to(device=device, dtype=dtype)
             projected = torch.matmul(tokens.to(device=device, dtype=dtype), fused.t())
         k, v = (part.contiguous() for part in projected.split([weight_k.shape[0], weight_v.shape[0]], dim=-1))
-        self._store[key] = _KVEntry(tokens, token_key, weight_k, weight_v, weight_key, fused, k, v)
+        self._store[key] = _KVEntry(tokens, token_key, weight_k, weight_v, weight_key, k, v)
         self.projections += 1
         return k, v
 

@@ -122,3 +122,13 @@ def test_mismatch_checks(tiny_model, tiny_face_net):
         check_identity_matches(dataclasses.replace(identity, text_tokens=torch.zeros(1, 3, 192)), tiny_model)
     with pytest.raises(IdentityMismatchError, match="no adapter tokens"):
         check_identity_matches(dataclasses.replace(identity, adapter_tokens=None), tiny_model)
+
+
+def test_negative_tokens_under_inference_mode(tiny_model):
+    """ComfyUI runs nodes under torch.inference_mode, where tensors carry no version counter."""
+    with torch.inference_mode():
+        inference_model = type(tiny_model)(tiny_model.config)
+        inference_model.load_state_dict(tiny_model.state_dict())
+        first = inference_model.negative_adapter_tokens()
+        assert first is inference_model.negative_adapter_tokens()
+    assert torch.equal(first, tiny_model.negative_adapter_tokens())

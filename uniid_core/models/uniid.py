@@ -143,7 +143,8 @@ class UniIDModel(nn.Module):
         if branch is None:
             raise UniIDError("this UniID model has no adapter branch: load adapter weights to use it")
         latents = branch.latents
-        key = (latents.device, latents.dtype, latents.data_ptr(), latents._version)
+        version = None if latents.is_inference() else latents._version
+        key = (latents.device, latents.dtype, latents.data_ptr(), version)
         cached = self._negative_cache.get(key)
         if cached is None:
             with torch.no_grad():
