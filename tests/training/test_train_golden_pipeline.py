@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,6 @@ CASES = {
 @pytest.fixture(scope="module")
 def golden_pipeline(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> UniIDPipeline:
     """The official golden weights rebuilt on disk (~1.6 GB, ~30 s) and loaded into our pipeline."""
-    if os.environ.get("UNIID_SLOW_TESTS") != "1":
-        pytest.skip("golden end-to-end pipeline check needs UNIID_SLOW_TESTS=1 (~70 s, 1.6 GB of disk)")
     from uniid_core.parity import write_layout
 
     layout = write_layout(golden_dir, tmp_path_factory.mktemp("golden"))
