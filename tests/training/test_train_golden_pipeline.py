@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,16 +21,18 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def golden_pipeline(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> UniIDPipeline:
-    """The official golden weights rebuilt on disk (~1.6 GB, ~30 s) and loaded into our pipeline."""
+    """The official golden weights rebuilt on disk (~1.6 GB, ~15 s), loaded into our pipeline, removed."""
     from uniid_core.parity import write_layout
 
     layout = write_layout(golden_dir, tmp_path_factory.mktemp("golden"))
-    return UniIDPipeline.from_pretrained(
+    pipeline = UniIDPipeline.from_pretrained(
         str(layout / "sdxl_tiny"),
         str(layout),
         str(layout / "face_recog_r100.pth"),
         names=load_names(golden_dir / "wiki_names_v2.txt"),
     )
+    shutil.rmtree(layout)  # everything is in memory now; do not leave 1.6 GB in pytest's temp folders
+    return pipeline
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
