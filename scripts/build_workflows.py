@@ -1,0 +1,305 @@
+"""Write the example workflows/*.json from the node-definition snapshot; run it after node changes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from workflow_check import WORKFLOW_DIR, load_snapshot
+from workflow_graph import Graph, Node
+
+NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
+CHECKPOINT = "sd_xl_base_1.0.safetensors"
+UNIID_WEIGHTS = "uniid_sdxl.safetensors"
+FACE_NET = "uniid/glint360k_r100.pth"
+SEED = 42
+START_POS, START_SIZE = (380, 0), (350, 640)
+
+MODELS_NOTE = """MODEL FILES (see README, 'Model layout'):
+- ComfyUI/models/checkpoints/: any SDXL checkpoint (e.g. sd_xl_base_1.0.safetensors)
+- ComfyUI/models/uniid/uniid_sdxl.safetensors: UniID weights
+  (or an official folder holding text_branch_ckpt/ and adapter_ckpt/)
+- ComfyUI/models/uniid/glint360k_r100.pth: the IResNet-100 face net (Partial-FC, Glint360K)
+- ComfyUI/models/insightface/models/buffalo_l/: only for the insightface detector
+`python -m uniid_core.download --comfyui /path/to/ComfyUI` fetches what can be fetched and says \
+where the rest goes.
+After adding files, press R (refresh) so the dropdowns list them."""
+
+DETECTOR_NOTE = """FACE DETECTOR
+- mtcnn: works out of the box (no insightface); the class word becomes 'person' unless you type one.
+- insightface: needs `pip install insightface` and models/insightface/models/buffalo_l (or \
+antelopev2); detects gender, so 'auto' gives 'man'/'woman' like the official code.
+- pre-aligned: your images already are 112x112 ArcFace crops.
+provider: CPU works everywhere; CUDA needs onnxruntime-gpu instead of onnxruntime."""
+
+
+BASIC_NOTE = """UniID BASIC: one reference photo -> a portrait of that person.
+
+1. Load an SDXL checkpoint.
+2. Load a clear, frontal photo in 'Reference photo'.
+3. Write the prompt; keep '<class word>' where the person goes (it becomes man/woman/person).
+4. Queue. 'Aligned faces' shows the face that was used.
+
+Defaults are the official ones: merge step 5 of 30, text 0.5 -> 1.8, adapter 0.8 -> 1.2, CFG 7.5, \
+1024x1024."""
+
+MULTI_NOTE = """SEVERAL REFERENCE PHOTOS of the SAME person -> one identity.
+
+Image Batch joins the photos (different sizes are resized to the first one's). Add more with further \
+Image Batch nodes.
+
+combine = mean_features averages the face features before UniID (default); mean_tokens runs UniID \
+per photo and averages its tokens.
+on_no_face = skip leaves out photos where no face is found (error stops the run)."""
+
+ADVANCED_NOTE = """SCHEDULE CONTROLS of UniID Apply
+
+- merge_step: from this sampling step on the 'after' scales apply (official 5 of 30). Later = more \
+freedom for the prompt's layout; 0 = 'after' from the start.
+- text_scale_before/after: weight of the identity tokens in the prompt (0.5 / 1.8).
+- adapter_scale_before/after: weight of the adapter attention (0.8 / 1.2).
+- rescale: normalized (official) scales the adapter to the text attention's size; add is a plain \
+sum.
+- start/end_percent: the part of sampling where the identity is active at all.
+
+More identity: raise the 'after' scales. More prompt control: lower them or raise merge_step.
+This graph uses the insightface detector (man/woman class word) and face_selection = index (0 = \
+leftmost face)."""
+
+SAVE_NOTE = """SAVE AND REUSE AN IDENTITY
+
+A (blue): encodes the photo and saves the identity to \
+ComfyUI/models/uniid/identities/my_person.safetensors.
+B (purple): loads it and generates, no photo or face detector needed.
+
+First run: select the purple group and bypass it (Ctrl+B), queue once to save, then press R so \
+'UniID Load Identity' lists the file, un-bypass and queue.
+Later: bypass the blue group instead. An identity only works with the UniID weights it was encoded \
+with (checked)."""
+
+TWO_PEOPLE_NOTE = """TWO PEOPLE IN ONE PICTURE
+
+Each person: own photo -> own identity -> own UniID Apply with a mask (left / right half of the \
+1216x832 image). The adapter of each identity acts only inside its mask; its prompt (with its \
+identity tokens) is limited to the same mask by Conditioning (Set Mask). The scene prompt covers the \
+whole picture.
+
+Change the split by editing the masks (x of Mask person B = where the right half starts). Keep mask \
+size = image size."""
+
+
+class Common:
+    """The nodes every UniID workflow shares: checkpoint, UniID loaders, negative prompt, sampler, output."""
+
+    def __init__(self, graph: Graph, detector: str = "mtcnn", width: int = 1024, height: int = 1024) -> None:
+        self.g = graph
+        self.ckpt = graph.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
+        self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
+        self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
+        self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend=detector,
+                                  insightface_model="buffalo_l", provider="CPU")
+        self.negative = graph.add("CLIPTextEncode", (760, 250), title="Negative prompt", node_width=360,
+                                  text=NEGATIVE)
+        graph.connect(self.ckpt, "CLIP", self.negative, "clip")
+        self.size = (width, height)
+
+    def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
+        """A UniID Encode Face node wired to the shared loaders and the given IMAGE source."""
+        node = self.g.add("UniIDEncodeFace", pos, **widgets)
+        self.g.connect(self.uniid, "uniid", node, "uniid")
+        self.g.connect(self.face_net, "face_net", node, "face_net")
+        self.g.connect(self.detector, "face_detector", node, "face_detector")
+        self.g.connect(image, "IMAGE", node, "image")
+        return node
+
+    def prompt(self, text: str, pos: tuple[float, float], class_word_from: Node | None = None) -> Node:
+        """A UniID Text Encode node (prompt with <class word>) on the checkpoint's CLIP."""
+        node = self.g.add("UniIDTextEncode", pos, node_width=360, text=text, class_word="person")
+        self.g.connect(self.ckpt, "CLIP", node, "clip")
+        if class_word_from is not None:
+            self.g.connect(class_word_from, "class_word", node, "class_word")
+        return node
+
+    def apply(self, model_from: tuple[Node, str], positive_from: tuple[Node, str], identity_from: Node,
+              pos: tuple[float, float], mask_from: Node | None = None, **widgets: object) -> Node:
+        """A UniID Apply node: MODEL, positive CONDITIONING and identity in; patched versions out."""
+        node = self.g.add("UniIDApply", pos, **widgets)
+        self.g.connect(model_from[0], model_from[1], node, "model")
+        self.g.connect(positive_from[0], positive_from[1], node, "positive")
+        self.g.connect(self.uniid, "uniid", node, "uniid")
+        self.g.connect(identity_from, "identity", node, "identity")
+        self.g.connect(self.ckpt, "CLIP", node, "clip")
+        if mask_from is not None:
+            self.g.connect(mask_from, "MASK", node, "mask")
+        return node
+
+    def sample(self, model_from: tuple[Node, str], positive_from: tuple[Node, str], prefix: str,
+               x: float = 1560, steps: int = 30) -> list[Node]:
+        """Empty latent + KSampler (official 30 steps, CFG 7.5) -> VAE Decode -> Save Image."""
+        latent = self.g.add("EmptyLatentImage", (x, 0), width=self.size[0], height=self.size[1], batch_size=1)
+        sampler = self.g.add("KSampler", (x, 200), seed=SEED, steps=steps, cfg=7.5, sampler_name="euler",
+                             scheduler="normal", denoise=1.0)
+        self.g.connect(model_from[0], model_from[1], sampler, "model")
+        self.g.connect(positive_from[0], positive_from[1], sampler, "positive")
+        self.g.connect(self.negative, "CONDITIONING", sampler, "negative")
+        self.g.connect(latent, "LATENT", sampler, "latent_image")
+        decode = self.g.add("VAEDecode", (x + 360, 0), node_width=200)
+        self.g.connect(sampler, "LATENT", decode, "samples")
+        self.g.connect(self.ckpt, "VAE", decode, "vae")
+        save = self.g.add("SaveImage", (x + 360, 120), node_width=480, filename_prefix=prefix)
+        self.g.connect(decode, "IMAGE", save, "images")
+        return [latent, sampler, decode, save]
+
+    def preview(self, encode: Node, pos: tuple[float, float]) -> Node:
+        """Preview of the aligned 112x112 face crops (check that the right face was found)."""
+        node = self.g.add("PreviewImage", pos, title="Aligned faces (check these)", node_width=260)
+        self.g.connect(encode, "aligned_faces", node, "images")
+        return node
+
+
+def basic(schema: dict) -> dict:
+    """One photo -> portrait."""
+    g = Graph(schema)
+    c = Common(g)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720))
+    c.preview(encode, (760, 720))
+    positive = c.prompt("a photo of a <class word>, portrait, natural light, detailed face", (760, 0), encode)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
+    c.sample((apply, "model"), (apply, "positive"), "uniid_basic")
+    g.note(BASIC_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    g.group("UniID models", [c.uniid, c.face_net, c.detector], "green")
+    g.group("Identity from a photo", [photo, encode], "blue")
+    return g.to_json("basic")
+
+
+def multi_reference(schema: dict) -> dict:
+    """Several photos of one person -> one identity."""
+    g = Graph(schema)
+    c = Common(g)
+    photos = [g.add("LoadImage", (0, 720 + 380 * i), title=f"Reference photo {i + 1}", image=name)
+              for i, name in enumerate(("face.png", "face_2.png", "face_3.png"))]
+    batch1 = g.add("ImageBatch", (380, 1000), node_width=200)
+    g.connect(photos[0], "IMAGE", batch1, "image1")
+    g.connect(photos[1], "IMAGE", batch1, "image2")
+    batch2 = g.add("ImageBatch", (380, 1160), node_width=200)
+    g.connect(batch1, "IMAGE", batch2, "image1")
+    g.connect(photos[2], "IMAGE", batch2, "image2")
+    encode = c.encode(batch2, (760, 720), combine="mean_features", on_no_face="skip")
+    c.preview(encode, (1160, 720))
+    positive = c.prompt("a photo of a <class word> reading in a cosy cafe, warm light", (760, 0), encode)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
+    c.sample((apply, "model"), (apply, "positive"), "uniid_multi_reference")
+    g.note(MULTI_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.group("Reference photos", [*photos, batch1, batch2], "blue")
+    return g.to_json("multi_reference")
+
+
+def advanced_schedule(schema: dict) -> dict:
+    """Every schedule control of UniID Apply, with the insightface detector."""
+    g = Graph(schema)
+    c = Common(g, detector="insightface")
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720), face_selection="index", face_index=0, class_word="auto")
+    c.preview(encode, (760, 720))
+    positive = c.prompt("a <class word> as an astronaut on the moon, cinematic lighting", (760, 0), encode)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0), merge_step=8,
+                    text_scale_before=0.4, text_scale_after=1.6, adapter_scale_before=0.6,
+                    adapter_scale_after=1.0, rescale="normalized", start_percent=0.0, end_percent=1.0)
+    c.sample((apply, "model"), (apply, "positive"), "uniid_advanced")
+    g.note(ADVANCED_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    return g.to_json("advanced_schedule")
+
+
+def save_load_identity(schema: dict) -> dict:
+    """Encode once and save; reuse the saved identity without the photo."""
+    g = Graph(schema)
+    c = Common(g)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720))
+    save = g.add("UniIDSaveIdentity", (380, 1040), name="my_person", overwrite=True)
+    g.connect(encode, "identity", save, "identity")
+    load = g.add("UniIDLoadIdentity", (760, 500), identity_file="identities/my_person.safetensors")
+    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), load)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), load, (1160, 0))
+    generate = c.sample((apply, "model"), (apply, "positive"), "uniid_saved_identity")
+    g.note(SAVE_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.group("A: encode and save", [photo, encode, save], "blue")
+    g.group("B: load and generate", [load, positive, c.negative, apply, *generate], "purple")
+    return g.to_json("save_load_identity")
+
+
+def two_people_masks(schema: dict) -> dict:
+    """Two identities in one picture: each one's adapter and prompt limited to its half by a mask."""
+    width, height = 1216, 832
+    g = Graph(schema)
+    c = Common(g, width=width, height=height)
+    photos = [g.add("LoadImage", (0, 720 + 380 * i), title=f"Person {'AB'[i]} photo", image=name)
+              for i, name in enumerate(("person_a.png", "person_b.png"))]
+    encodes = [c.encode(photo, (380, 720 + 380 * i)) for i, photo in enumerate(photos)]
+    empty = g.add("SolidMask", (0, 1560), title="Empty canvas mask", value=0.0, width=width, height=height)
+    half = g.add("SolidMask", (0, 1720), title="Half-width block", value=1.0, width=width // 2, height=height)
+    masks = []
+    for i, x in enumerate((0, width // 2)):
+        mask = g.add("MaskComposite", (380, 1560 + 200 * i), title=f"Mask person {'AB'[i]}", x=x, y=0,
+                     operation="add")
+        g.connect(empty, "MASK", mask, "destination")
+        g.connect(half, "MASK", mask, "source")
+        masks.append(mask)
+    scene = g.add("CLIPTextEncode", (760, 0), title="Scene prompt", node_width=360,
+                  text="two friends standing side by side in a sunny park, photo")
+    g.connect(c.ckpt, "CLIP", scene, "clip")
+    model: tuple[Node, str] = (c.ckpt, "MODEL")
+    combined: tuple[Node, str] = (scene, "CONDITIONING")
+    for i, (encode, mask) in enumerate(zip(encodes, masks, strict=True)):
+        side = ("on the left", "on the right")[i]
+        prompt = c.prompt(f"a photo of a <class word> {side}", (760, 720 + 380 * i), encode)
+        region = g.add("ConditioningSetMask", (1160, 880 + 220 * i), strength=1.0, set_cond_area="default")
+        g.connect(prompt, "conditioning", region, "conditioning")
+        g.connect(mask, "MASK", region, "mask")
+        apply = c.apply(model, (region, "CONDITIONING"), encode, (1160 + 400 * i, 0), mask_from=mask)
+        model = (apply, "model")
+        merge = g.add("ConditioningCombine", (1960, 520 + 120 * i), node_width=240)
+        g.connect(combined[0], combined[1], merge, "conditioning_1")
+        g.connect(apply, "positive", merge, "conditioning_2")
+        combined = (merge, "CONDITIONING")
+    c.sample(model, combined, "uniid_two_people", x=2300)
+    g.note(TWO_PEOPLE_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.group("Masks", [empty, half, *masks], "yellow")
+    return g.to_json("two_people_masks")
+
+
+WORKFLOWS = {
+    "uniid_basic.json": basic,
+    "uniid_multi_reference.json": multi_reference,
+    "uniid_advanced_schedule.json": advanced_schedule,
+    "uniid_save_load_identity.json": save_load_identity,
+    "uniid_two_people_masks.json": two_people_masks,
+}
+
+
+def build_all(schema: dict) -> dict[str, dict]:
+    """Every example workflow, by file name."""
+    return {name: make(schema) for name, make in WORKFLOWS.items()}
+
+
+def main() -> int:
+    """Write workflows/*.json."""
+    schema = load_snapshot()["nodes"]
+    WORKFLOW_DIR.mkdir(exist_ok=True)
+    for name, workflow in build_all(schema).items():
+        (WORKFLOW_DIR / name).write_text(json.dumps(workflow, indent=1) + "\n")
+        print(f"wrote {Path('workflows') / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The model download helper: folder layout, atomic writes and verification, with the network mocked."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from uniid_core import download
+from uniid_core.errors import CheckpointError
+
+BUFFALO = next(e for e in download.MANIFEST if e.name == "buffalo_l")
+UNIID = next(e for e in download.MANIFEST if e.name == "uniid")
+FACE_NET = next(e for e in download.MANIFEST if e.name == "face_net")
+
+
+def _comfy(tmp_path: Path) -> Path:
+    root = tmp_path / "ComfyUI"
+    (root / "models").mkdir(parents=True)
+    return root
+
+
+def _zip_bytes(tmp_path: Path, members: tuple[str, ...], prefix: str = "") -> bytes:
+    path = tmp_path / "pack.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in members:
+            archive.writestr(prefix + name, b"onnx-bytes-" + name.encode())
+    return path.read_bytes()
+
+
+def _serving(payloads: dict[str, bytes | Exception]) -> tuple[list[str], download.Fetcher]:
+    calls: list[str] = []
+
+    def fake_fetch(url: str, dest: Path) -> None:
+        calls.append(url)
+        payload = payloads[url]
+        if isinstance(payload, Exception):
+            raise payload
+        assert dest.name.endswith(".part"), "downloads must land in a .part file first"
+        dest.write_bytes(payload)
+
+    return calls, fake_fetch
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".part") or p.name.startswith("."))
+
+
+def test_layout_matches_comfyui_folders() -> None:
+    places = {e.name: f"{e.folder}/{e.target}" for e in download.MANIFEST}
+    assert places["uniid"] == "uniid/uniid_sdxl.safetensors"
+    assert places["face_net"] == "uniid/glint360k_r100.pth"
+    assert places["buffalo_l"] == "insightface/models/buffalo_l"
+    assert places["antelopev2"] == "insightface/models/antelopev2"
+    assert places["sdxl_base"] == "checkpoints/sd_xl_base_1.0.safetensors"
+    text = download.describe()
+    for entry in download.MANIFEST:
+        assert f"ComfyUI/models/{entry.folder}/{entry.target}" in text
+
+
+def test_zip_pack_is_flattened_and_moved_atomically(tmp_path: Path) -> None:
+    comfy = _comfy(tmp_path)
+    payload = _zip_bytes(tmp_path, BUFFALO.members, prefix="buffalo_l/")
+    calls, fetch = _serving({BUFFALO.urls[0]: payload})
+    assert download.run(comfy, only=["buffalo_l"], fetch=fetch) == 0
+    dest = comfy / "models" / "insightface" / "models" / "buffalo_l"
+    assert sorted(p.name for p in dest.iterdir()) == sorted(BUFFALO.members)
+    assert _leftovers(comfy / "models") == []
+    assert calls == [BUFFALO.urls[0]]
+    assert download.run(comfy, only=["buffalo_l"], fetch=fetch) == 0
+    assert calls == [BUFFALO.urls[0]], "an installed pack must not be downloaded again"
+
+
+def test_second_source_used_when_first_fails(tmp_path: Path) -> None:
+    comfy = _comfy(tmp_path)
+    payload = _zip_bytes(tmp_path, BUFFALO.members)
+    calls, fetch = _serving({BUFFALO.urls[0]: OSError("HTTP 404"), BUFFALO.urls[1]: payload})
+    path = download.install(BUFFALO, comfy / "models", BUFFALO.urls, fetch)
+    assert calls == list(BUFFALO.urls)
+    assert (path / "det_10g.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    "payload_kind, message",
+    [("not_zip", "not a valid archive"), ("missing_member", "lacks det_10g.onnx"), ("empty", "empty")],
+)
+def test_broken_pack_leaves_nothing_behind(tmp_path: Path, payload_kind: str, message: str) -> None:
+    comfy = _comfy(tmp_path)
+    payloads = {
+        "not_zip": b"<html>rate limited</html>",
+        "missing_member": _zip_bytes(tmp_path, tuple(m for m in BUFFALO.members if m != "det_10g.onnx")),
+        "empty": b"",
+    }
+    _, fetch = _serving({url: payloads[payload_kind] for url in BUFFALO.urls})
+    with pytest.raises(CheckpointError, match=message) as info:
+        download.install(BUFFALO, comfy / "models", BUFFALO.urls, fetch)
+    assert "insightface/models/buffalo_l" in str(info.value).replace("\\", "/")
+    assert not (comfy / "models" / "insightface" / "models" / "buffalo_l").exists()
+    assert _leftovers(comfy / "models") == []
+
+
+def test_safetensors_override_url_verified(tmp_path: Path) -> None:
+    comfy = _comfy(tmp_path)
+    good = tmp_path / "good.safetensors"
+    save_file({"text_branch.norm_1.weight": torch.ones(4)}, str(good))
+    _, fetch = _serving({"https://example.invalid/uniid.safetensors": good.read_bytes()})
+    overrides = {"uniid": "https://example.invalid/uniid.safetensors"}
+    assert download.run(comfy, only=["uniid"], overrides=overrides, fetch=fetch) == 0
+    assert (comfy / "models" / "uniid" / "uniid_sdxl.safetensors").read_bytes() == good.read_bytes()
+
+    _, bad_fetch = _serving({"https://example.invalid/uniid.safetensors": b"\x00" * 64})
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        download.install(UNIID, comfy / "models", [overrides["uniid"]], bad_fetch)
+    assert (comfy / "models" / "uniid" / "uniid_sdxl.safetensors").read_bytes() == good.read_bytes()
+
+
+def test_checksum_and_size_are_enforced(tmp_path: Path) -> None:
+    comfy = _comfy(tmp_path)
+    state = tmp_path / "backbone.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, state)
+    data = state.read_bytes()
+    url = "https://example.invalid/backbone.pth"
+    _, fetch = _serving({url: data})
+    wrong_sha = dataclasses.replace(FACE_NET, sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        download.install(wrong_sha, comfy / "models", [url], fetch)
+    wrong_size = dataclasses.replace(FACE_NET, size=len(data) + 1)
+    with pytest.raises(CheckpointError, match="expected"):
+        download.install(wrong_size, comfy / "models", [url], fetch)
+    assert not FACE_NET.destination(comfy / "models").exists()
+    right = dataclasses.replace(FACE_NET, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    assert download.install(right, comfy / "models", [url], fetch).read_bytes() == data
+    assert _leftovers(comfy / "models") == []
+
+
+def test_pickle_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
+    comfy = _comfy(tmp_path)
+    url = "https://example.invalid/backbone.pth"
+    _, fetch = _serving({url: b"definitely not a torch file"})
+    with pytest.raises(CheckpointError, match="not a loadable state dict"):
+        download.install(FACE_NET, comfy / "models", [url], fetch)
+
+
+def test_manual_entries_say_where_files_go(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    comfy = _comfy(tmp_path)
+    calls, fetch = _serving({})
+    assert download.run(comfy, only=["uniid", "face_net"], fetch=fetch) == 1
+    out = capsys.readouterr().out
+    assert calls == []
+    assert "ComfyUI/models/uniid/uniid_sdxl.safetensors" in out
+    assert "ComfyUI/models/uniid/glint360k_r100.pth" in out
+    assert "--url uniid=URL" in out
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="does not exist"):
+        download.main(["--comfyui", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="NAME=URL"):
+        download.main(["--comfyui", str(_comfy(tmp_path)), "--url", "nonsense"])
+    assert download.main(["--list"]) == 0

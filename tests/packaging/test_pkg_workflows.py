@@ -1,0 +1,170 @@
+"""Every example workflow is valid against the node definitions, in UI format and as an API prompt."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+EXPECTED = {
+    "uniid_basic.json",
+    "uniid_multi_reference.json",
+    "uniid_advanced_schedule.json",
+    "uniid_save_load_identity.json",
+    "uniid_two_people_masks.json",
+}
+
+
+@pytest.fixture(scope="module")
+def wc(scripts_on_path: Path):
+    import workflow_check
+
+    return workflow_check
+
+
+@pytest.fixture(scope="module")
+def snapshot(wc) -> dict:
+    return wc.load_snapshot()
+
+
+@pytest.fixture(scope="module")
+def schema(snapshot: dict) -> dict:
+    return snapshot["nodes"]
+
+
+@pytest.fixture(scope="module")
+def workflows(wc) -> dict[str, dict]:
+    return wc.load_workflows()
+
+
+def test_all_example_workflows_present(workflows: dict) -> None:
+    assert set(workflows) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_ui_format_is_valid(wc, schema: dict, workflows: dict, name: str) -> None:
+    assert wc.validate_ui(workflows[name], schema) == []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_api_conversion_is_valid(wc, schema: dict, workflows: dict, name: str) -> None:
+    prompt = wc.ui_to_api(workflows[name], schema)
+    assert wc.validate_api(prompt, schema) == []
+    json.dumps(prompt)
+    notes = sum(n["type"] in wc.FRONTEND_ONLY for n in workflows[name]["nodes"])
+    assert len(prompt) == len(workflows[name]["nodes"]) - notes
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_only_core_and_uniid_nodes_with_notes(wc, snapshot: dict, workflows: dict, name: str) -> None:
+    workflow = workflows[name]
+    types = {n["type"] for n in workflow["nodes"]}
+    ours = set(snapshot["our_nodes"])
+    for kind in types - wc.FRONTEND_ONLY:
+        module = snapshot["nodes"][kind].get("python_module", "nodes")
+        assert kind in ours or not module.startswith("custom_nodes"), f"{kind} comes from another pack"
+    assert types & ours, "an example workflow must use the UniID nodes"
+    notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
+    assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes)
+    assert any("Start here" == n.get("title") for n in notes)
+
+
+def test_workflows_match_the_builder(scripts_on_path: Path, schema: dict, workflows: dict) -> None:
+    import build_workflows
+
+    assert build_workflows.build_all(schema) == workflows, "run: python scripts/build_workflows.py"
+
+
+def test_validator_catches_broken_workflows(wc, schema: dict, workflows: dict) -> None:
+    base = workflows["uniid_basic.json"]
+    by_type = {n["type"]: i for i, n in enumerate(base["nodes"])}
+
+    def broken(mutate) -> list[str]:
+        workflow = copy.deepcopy(base)
+        mutate(workflow)
+        errors = wc.validate_ui(workflow, schema)
+        return errors or wc.validate_api(wc.ui_to_api(workflow, schema), schema)
+
+    def combo(w: dict) -> None:
+        w["nodes"][by_type["UniIDFaceDetectorLoader"]]["widgets_values"][0] = "dlib"
+
+    def out_of_range(w: dict) -> None:
+        w["nodes"][by_type["KSampler"]]["widgets_values"][2] = 0
+
+    def wrong_link(w: dict) -> None:
+        apply = w["nodes"][by_type["UniIDApply"]]
+        slot = next(i for i, s in enumerate(apply["inputs"]) if s["name"] == "uniid")
+        link = next(link for link in w["links"] if link[0] == apply["inputs"][slot]["link"])
+        face_net = w["nodes"][by_type["UniIDFaceNetLoader"]]
+        link[1], link[5] = face_net["id"], "UNIID_FACE_NET"
+        face_net["outputs"][0]["links"].append(link[0])
+        apply["inputs"][slot]["type"] = "UNIID_FACE_NET"
+
+    def unknown(w: dict) -> None:
+        w["nodes"][by_type["UniIDApply"]]["type"] = "UniIDApplyPlus"
+
+    def missing_value(w: dict) -> None:
+        w["nodes"][by_type["UniIDApply"]]["widgets_values"].pop()
+
+    assert any("dlib" in e for e in broken(combo))
+    assert any("steps: 0 is below" in e for e in broken(out_of_range))
+    assert any("UNIID_FACE_NET" in e for e in broken(wrong_link))
+    assert any("unknown node type" in e for e in broken(unknown))
+    assert any("widget values" in e for e in broken(missing_value))
+
+    prompt = wc.ui_to_api(base, schema)
+    apply_id = str(base["nodes"][by_type["UniIDApply"]]["id"])
+    del prompt[apply_id]["inputs"]["identity"]
+    assert any("required input identity missing" in e for e in wc.validate_api(prompt, schema))
+
+
+@pytest.fixture(scope="module")
+def live(comfy_runtime: tuple[Path, str], repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    comfyui, python = comfy_runtime
+    out = tmp_path_factory.mktemp("live") / "live.json"
+    result = subprocess.run(
+        [python, str(repo_root / "scripts" / "workflow_check.py"), "live", "--comfyui", str(comfyui),
+         "--out", str(out)], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_pack_loads_in_comfyui_without_insightface_or_onnxruntime(live: dict, snapshot: dict) -> None:
+    assert live["pack_loaded"], "ComfyUI could not import the pack with insightface/onnxruntime unimportable"
+    assert live["our_nodes"] == snapshot["our_nodes"]
+
+
+def test_snapshot_in_sync_with_real_comfyui(wc, live: dict, snapshot: dict) -> None:
+    stale = [
+        name for name in sorted(set(snapshot["nodes"]) | set(live["nodes"]))
+        if wc.normalise(snapshot["nodes"].get(name, {})) != wc.normalise(live["nodes"].get(name, {}))
+    ]
+    assert not stale, f"snapshot out of date for {stale}: run scripts/workflow_check.py dump --comfyui PATH"
+
+
+def test_comfyui_accepts_every_api_prompt(live: dict) -> None:
+    assert set(live["validate_prompt"]) == EXPECTED
+    for name, verdict in live["validate_prompt"].items():
+        assert verdict["ok"], f"{name}: {verdict['error']} {verdict.get('node_errors')}"
+
+
+def test_comfyui_reads_our_registry_metadata(live: dict) -> None:
+    config = live["pyproject"]
+    assert config["project"]["name"] == "comfyui-uniid"
+    assert config["project"]["supported_comfyui_version"] == ">=0.3.64"
+    assert config["tool_comfy"]["publisher_id"] == "uniid-comfy"
+
+
+def test_download_layout_matches_registered_folders(live: dict) -> None:
+    from uniid_core.download import MANIFEST
+
+    registered = {name: paths[0].replace("\\", "/") for name, paths in live["folders"].items()}
+    assert registered == {"checkpoints": "models/checkpoints", "uniid": "models/uniid",
+                          "insightface": "models/insightface"}
+    for entry in MANIFEST:
+        top = entry.folder.split("/")[0]
+        assert f"models/{entry.folder}".startswith(registered[top]), entry

@@ -1,0 +1,313 @@
+"""Fetch the model files UniID uses into a ComfyUI models folder, verified and written atomically.
+
+Run by hand only (`python -m uniid_core.download --comfyui PATH`); nothing imports or calls it implicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uniid_core.errors import CheckpointError
+
+INSIGHTFACE_RELEASES = (
+    "https://github.com/deepinsight/insightface/releases/download/v0.7/",
+    "https://github.com/deepinsight/insightface/releases/download/model-zoo/",
+)
+ARCFACE_MODEL_ZOO = "https://github.com/deepinsight/insightface/tree/master/recognition/arcface_torch"
+OFFICIAL_UNIID = "https://github.com/lyuPang/UniID"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One entry of the manifest: what it is, where it goes under ComfyUI/models, and where it comes from."""
+
+    name: str
+    description: str
+    folder: str
+    target: str
+    kind: str = "file"
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    size: int | None = None
+    members: tuple[str, ...] = field(default_factory=tuple)
+    manual: str = ""
+    default: bool = True
+
+    def destination(self, models_dir: Path) -> Path:
+        """The final file (kind "file") or folder (kind "zip_dir") under models_dir."""
+        return models_dir / self.folder / self.target
+
+
+MANIFEST: tuple[ModelFile, ...] = (
+    ModelFile(
+        name="uniid",
+        description="UniID weights (text branch + adapter branch) for SDXL",
+        folder="uniid",
+        target="uniid_sdxl.safetensors",
+        manual=(
+            f"The UniID authors have not published weights yet ({OFFICIAL_UNIID}: 'Release the model "
+            "weight' is still open). Train them with the trainer in training/, or convert official "
+            "checkpoint folders with `python -m uniid_core.convert --text TEXT_DIR --adapter ADAPTER_DIR "
+            "--out ComfyUI/models/uniid/uniid_sdxl.safetensors`. Official folders (text_branch_ckpt/, "
+            "adapter_ckpt/ with pytorch_model.bin) can also be placed in ComfyUI/models/uniid/ as they are. "
+            "Once a URL exists, fetch it here with `--url uniid=URL`."
+        ),
+    ),
+    ModelFile(
+        name="face_net",
+        description="face recognition net: Partial-FC IResNet-100 trained on Glint360K (backbone.pth)",
+        folder="uniid",
+        target="glint360k_r100.pth",
+        manual=(
+            f"Download the Glint360K r100 `backbone.pth` from the insightface arcface_torch model zoo "
+            f"({ARCFACE_MODEL_ZOO}, links are on OneDrive/Baidu) and save it as "
+            "ComfyUI/models/uniid/glint360k_r100.pth (or pass `--url face_net=URL`)."
+        ),
+    ),
+    ModelFile(
+        name="buffalo_l",
+        description="insightface detector pack buffalo_l (only for the 'insightface' detector backend)",
+        folder="insightface/models",
+        target="buffalo_l",
+        kind="zip_dir",
+        urls=tuple(base + "buffalo_l.zip" for base in INSIGHTFACE_RELEASES),
+        members=("det_10g.onnx", "genderage.onnx", "w600k_r50.onnx", "1k3d68.onnx", "2d106det.onnx"),
+    ),
+    ModelFile(
+        name="antelopev2",
+        description="insightface detector pack antelopev2 (optional alternative to buffalo_l)",
+        folder="insightface/models",
+        target="antelopev2",
+        kind="zip_dir",
+        urls=tuple(base + "antelopev2.zip" for base in INSIGHTFACE_RELEASES),
+        members=("scrfd_10g_bnkps.onnx", "genderage.onnx", "glintr100.onnx", "1k3d68.onnx", "2d106det.onnx"),
+        default=False,
+    ),
+    ModelFile(
+        name="sdxl_base",
+        description="SDXL base 1.0 checkpoint (any SDXL checkpoint works; skip if you have one)",
+        folder="checkpoints",
+        target="sd_xl_base_1.0.safetensors",
+        urls=(
+            "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+            "sd_xl_base_1.0.safetensors",
+        ),
+        default=False,
+    ),
+)
+
+Fetcher = Callable[[str, Path], None]
+
+
+def fetch_url(url: str, dest: Path) -> None:
+    """Stream url into dest (the network step; tests replace it)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "comfyui-uniid-download"})
+    with urllib.request.urlopen(request, timeout=60) as response, open(dest, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0)
+        done = 0
+        while chunk := response.read(CHUNK):
+            out.write(chunk)
+            done += len(chunk)
+            if total:
+                print(f"\r  {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
+        print()
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_download(entry: ModelFile, path: Path) -> None:
+    """Check size, checksum and that the file opens as what it should be; raise CheckpointError if not."""
+    actual = path.stat().st_size
+    if actual == 0:
+        raise CheckpointError(f"{entry.name}: the download is empty ({path}); try again later")
+    if entry.size is not None and actual != entry.size:
+        raise CheckpointError(f"{entry.name}: expected {entry.size} bytes, got {actual}; download it again")
+    if entry.sha256 is not None and sha256_of(path) != entry.sha256:
+        raise CheckpointError(f"{entry.name}: sha256 mismatch for {path}; the download is corrupt or altered")
+    if entry.kind == "zip_dir":
+        _verify_zip(entry, path)
+    elif entry.target.endswith(".pth"):
+        _verify_torch(entry, path)
+    elif entry.target.endswith(".safetensors"):
+        _verify_safetensors(entry, path)
+
+
+def _verify_zip(entry: ModelFile, path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(f"{entry.name}: {path.name} is not a valid archive ({exc})") from exc
+    if bad is not None:
+        raise CheckpointError(f"{entry.name}: member {bad} of {path.name} is corrupt; download it again")
+
+
+def _verify_safetensors(entry: ModelFile, path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            if not list(handle.keys()):
+                raise CheckpointError(f"{entry.name}: {path.name} holds no tensors")
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{entry.name}: {path.name} is not a valid safetensors file ({exc})") from exc
+
+
+def _verify_torch(entry: ModelFile, path: Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{entry.name}: {path.name} is not a loadable state dict ({exc})") from exc
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{entry.name}: {path.name} holds no tensors; expected a state dict")
+
+
+def _extract_pack(entry: ModelFile, archive: Path, dest: Path) -> None:
+    """Unzip into a temp folder, lift a single wrapping folder, check members, then move into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.target}.", dir=dest.parent))
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(staging)
+        root = staging
+        entries = [p for p in staging.iterdir() if not p.name.startswith("__MACOSX")]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        missing = [name for name in entry.members if not (root / name).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{entry.name}: the archive lacks {', '.join(missing)}; expected them directly in {dest}"
+            )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(root, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_present(entry: ModelFile, models_dir: Path) -> bool:
+    """Whether the entry's file or folder (with its expected members) is already in place."""
+    dest = entry.destination(models_dir)
+    if entry.kind == "zip_dir":
+        return dest.is_dir() and all((dest / name).is_file() for name in entry.members)
+    return dest.is_file() and dest.stat().st_size > 0
+
+
+def install(entry: ModelFile, models_dir: Path, urls: Sequence[str], fetch: Fetcher | None = None) -> Path:
+    """Download entry from the first working url, verify it and move it into place atomically."""
+    fetch = fetch or fetch_url
+    dest = entry.destination(models_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.parent / (dest.name + (".zip" if entry.kind == "zip_dir" else "") + ".part")
+    errors = []
+    for url in urls:
+        print(f"{entry.name}: downloading {url}\n  -> {dest}")
+        try:
+            fetch(url, part)
+            verify_download(entry, part)
+            if entry.kind == "zip_dir":
+                _extract_pack(entry, part, dest)
+            else:
+                os.replace(part, dest)
+            return dest
+        except (OSError, CheckpointError) as exc:
+            errors.append(f"{url}: {exc}")
+        finally:
+            part.unlink(missing_ok=True)
+    raise CheckpointError(
+        f"{entry.name}: every source failed:\n  " + "\n  ".join(errors) + f"\nPut the file at {dest} by hand."
+    )
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    known = {entry.name for entry in MANIFEST}
+    out = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or name not in known or not url:
+            raise SystemExit(f"--url expects NAME=URL with NAME one of {sorted(known)}, got {pair!r}")
+        out[name] = url
+    return out
+
+
+def run(comfyui: Path, only: Sequence[str] = (), overrides: dict[str, str] | None = None,
+        force: bool = False, fetch: Fetcher | None = None) -> int:
+    """Fetch the selected entries into comfyui/models; print what is where; 0 when all are in place."""
+    overrides = overrides or {}
+    models_dir = comfyui / "models"
+    if not models_dir.is_dir():
+        raise SystemExit(f"{models_dir} does not exist: --comfyui must point at your ComfyUI folder")
+    selected = [e for e in MANIFEST if (e.name in only if only else e.default or e.name in overrides)]
+    missing = 0
+    for entry in selected:
+        dest = entry.destination(models_dir)
+        if is_present(entry, models_dir) and not force:
+            print(f"{entry.name}: already in place at {dest}")
+            continue
+        urls = (overrides[entry.name],) if entry.name in overrides else entry.urls
+        if not urls:
+            print(f"{entry.name}: {entry.description}\n  cannot be downloaded automatically; it goes to "
+                  f"{dest}\n  {entry.manual}")
+            missing += 1
+            continue
+        try:
+            install(entry, models_dir, urls, fetch)
+            print(f"{entry.name}: OK, verified at {dest}")
+        except CheckpointError as exc:
+            print(f"ERROR {exc}", file=sys.stderr)
+            missing += 1
+    return 0 if missing == 0 else 1
+
+
+def describe(models_dir: str = "ComfyUI/models") -> str:
+    """The model layout as text: one line per manifest entry saying which file goes where."""
+    lines = []
+    for entry in MANIFEST:
+        place = f"{models_dir}/{entry.folder}/{entry.target}" + ("/" if entry.kind == "zip_dir" else "")
+        optional = "" if entry.default else ", optional"
+        lines.append(f"{entry.name:11s} {place}  ({entry.description}{optional})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m uniid_core.download", description=__doc__)
+    parser.add_argument("--comfyui", type=Path, help="your ComfyUI folder (the one holding models/)")
+    parser.add_argument("--only", nargs="+", default=(), choices=[e.name for e in MANIFEST],
+                        help="fetch only these entries (default: every non-optional one)")
+    parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
+                        help="download NAME from URL instead of the manifest's sources")
+    parser.add_argument("--force", action="store_true", help="download again even if already in place")
+    parser.add_argument("--list", action="store_true", help="print the model layout and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print(describe())
+        return 0
+    if args.comfyui is None:
+        parser.error("--comfyui PATH is required (or use --list)")
+    return run(args.comfyui, args.only, _parse_overrides(args.url), args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
