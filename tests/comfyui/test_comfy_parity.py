@@ -9,27 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-GOLDEN_UNET = {
-    "use_checkpoint": False,
+from tests.comfyui.conftest import SDXL_SMALL_UNET
+
+GOLDEN_UNET = {  # the golden sdxl_tiny UNet in ComfyUI terms: SDXL's layout with 1/2 transformer depths
+    **SDXL_SMALL_UNET,
     "image_size": 16,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "num_classes": "sequential",
-    "adm_in_channels": 2816,
-    "dtype": torch.float32,
-    "in_channels": 4,
-    "model_channels": 32,
-    "num_res_blocks": [2, 2, 2],
     "transformer_depth": [0, 0, 1, 1, 2, 2],
-    "channel_mult": [1, 2, 4],
     "transformer_depth_middle": 2,
-    "use_linear_in_transformer": True,
-    "context_dim": 2048,
-    "num_head_channels": 32,
     "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
 }
 CASES = {
     1: dict(merge_step=2, rescale="normalized", text=(0.5, 1.8), adapter=(0.8, 1.2)),
