@@ -7,6 +7,7 @@ Needs COMFYUI_PATH (+ COMFYUI_PYTHON with ComfyUI's requirements) and Debian's C
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import select
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,17 +162,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def _wait_for_server(port: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Poll the local ComfyUI server (loopback only) until it answers /system_stats."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            with urllib.request.urlopen(url + "/system_stats", timeout=5) as response:
-                if response.status == 200:
-                    return
+            connection.request("GET", "/system_stats")
+            if connection.getresponse().status == 200:
+                return
         except OSError:
             time.sleep(1)
+        finally:
+            connection.close()
     raise TimeoutError(f"ComfyUI did not start within {timeout} s:\n{log.read_text()[-4000:]}")
 
 
@@ -206,7 +210,7 @@ def comfy_server(comfy_runtime: tuple[Path, str], repo_root: Path, scripts_on_pa
             )
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait_for_server(url, proc, log)
+            _wait_for_server(port, proc, log)
             yield url
         finally:
             proc.terminate()
