@@ -6,12 +6,14 @@ import os
 
 import folder_paths
 
+from uniid_core.checkpoint import is_uniid_file
 from uniid_core.errors import CheckpointError
 
 UNIID_FOLDER = "uniid"
 INSIGHTFACE_FOLDER = "insightface"
 IDENTITY_SUBDIR = "identities"
 WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".pth", ".pt"}
+UNIID_EXTENSIONS = {".safetensors", ".bin"}
 OFFICIAL_DIR_SUFFIX = "/"
 
 
@@ -51,22 +53,28 @@ def _official_dirs() -> list[str]:
 
 
 def uniid_weight_choices() -> list[str]:
-    """Dropdown entries for UniID weights: files under models/uniid (no identities) plus official folders."""
+    """Dropdown entries for UniID weights: .safetensors/.bin under models/uniid plus official folders.
+
+    Face nets (.pth/.pt) and saved identities live in the same folder and are left out.
+    """
     files = [
         f
         for f in folder_paths.get_filename_list(UNIID_FOLDER)
         if not f.replace("\\", "/").startswith(IDENTITY_SUBDIR + "/")
+        and os.path.splitext(f)[1].lower() in UNIID_EXTENSIONS
     ]
     return _official_dirs() + files
 
 
 def face_net_choices() -> list[str]:
-    """Face-net dropdown: .pth/.safetensors files in models/uniid and models/insightface."""
+    """Face-net dropdown: .pth/.safetensors in models/uniid and models/insightface, minus UniID weights."""
     out = []
     for folder in (UNIID_FOLDER, INSIGHTFACE_FOLDER):
         for name in folder_paths.get_filename_list(folder):
-            if os.path.splitext(name)[1].lower() in (".pth", ".pt", ".safetensors") and not name.startswith(
-                IDENTITY_SUBDIR
+            if (
+                os.path.splitext(name)[1].lower() in (".pth", ".pt", ".safetensors")
+                and not name.startswith(IDENTITY_SUBDIR)
+                and not is_uniid_file(folder_paths.get_full_path(folder, name))
             ):
                 out.append(f"{folder}/{name}")
     return out

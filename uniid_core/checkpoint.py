@@ -85,6 +85,17 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def is_uniid_file(path: str | os.PathLike) -> bool:
+    """True for the project's single-file format (reads only the safetensors header; lists stay fast)."""
+    if not str(path).endswith(".safetensors"):
+        return False
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # an unreadable file is not ours; loading it later gives the precise error
+        return False
+
+
 def _flatten(obj: Mapping, prefix: str = "") -> dict[str, Tensor]:
     """Nested dicts of tensors -> flat dotted keys; non-tensor leaves (step counters, args) are dropped."""
     flat: dict[str, Tensor] = {}

@@ -49,6 +49,24 @@ def test_model_folders_follow_extra_model_paths(comfy, tmp_path):
     assert "mine.safetensors" in choices and "official/" in choices
 
 
+def test_dropdowns_keep_face_nets_and_uniid_weights_apart(comfy, tmp_path):
+    from safetensors.torch import save_file
+
+    fp = comfy.folder_paths
+    extra = tmp_path / "shared_uniid"
+    extra.mkdir()
+    save_file({"x": torch.zeros(1)}, str(extra / "uniid_weights.safetensors"), metadata={"format": "uniid"})
+    save_file({"x": torch.zeros(1)}, str(extra / "face_backbone.safetensors"))
+    torch.save({"x": torch.zeros(1)}, extra / "glint360k_r100.pth")
+    fp.add_model_folder_path("uniid", str(extra))
+    fp.filename_list_cache.clear()
+    uniid = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
+    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"].INPUT_TYPES()["required"]["face_net_name"][0]
+    assert "uniid_weights.safetensors" in uniid and "glint360k_r100.pth" not in uniid
+    assert "uniid/glint360k_r100.pth" in face and "uniid/face_backbone.safetensors" in face
+    assert "uniid/uniid_weights.safetensors" not in face
+
+
 def test_missing_file_names_folder_and_file(comfy):
     from uniid_core.errors import CheckpointError
 
