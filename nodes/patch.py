@@ -119,23 +119,18 @@ class UniIDPatchState:
 
         return self._cached(("rows", kinds, batch, device), make)
 
-    def _pick(self, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None, before: float, after: float):
-        """Per-row float32 scale: ``before`` while sigma > sample_sigmas[merge_step], else ``after``.
-
-        Python scalars in torch.where keep this free of host-to-device copies; without sample_sigmas
-        (a caller outside ComfyUI's samplers) the "after" scales apply.
-        """
+    def _scale(self, at_sigma, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None, after: float):
+        """Per-row float32 scale from the core schedule; without sample_sigmas (a caller outside
+        ComfyUI's samplers) the "after" scale applies."""
         if sample_sigmas is None:
             return torch.full_like(sigma, after, dtype=torch.float32)
-        flag = self.schedule.before_merge_at_sigma(sigma, sample_sigmas)
-        if not isinstance(flag, torch.Tensor):
-            flag = torch.full_like(sigma, bool(flag), dtype=torch.bool)
-        return torch.where(flag, before, after).to(torch.float32)
+        return at_sigma(sigma, sample_sigmas)
 
     def adapter_scale(self, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None) -> torch.Tensor:
         """Adapter scale per row (B, 1, 1): merge schedule, zero outside [sigma_end, sigma_start]."""
         sigma = sigma.reshape(-1)
-        scale = self._pick(sigma, sample_sigmas, self.schedule.adapter_before, self.schedule.adapter_after)
+        schedule = self.schedule
+        scale = self._scale(schedule.adapter_scale_at_sigma, sigma, sample_sigmas, schedule.adapter_after)
         active = (sigma <= self.sigma_start) & (sigma >= self.sigma_end)
         return (scale * active).reshape(-1, 1, 1)
 
@@ -146,7 +141,7 @@ class UniIDPatchState:
         if self.text_tokens is None or context is None:
             return context
         sigma = sigma.reshape(-1)
-        scale = self._pick(sigma, sample_sigmas, self.schedule.text_before, self.schedule.text_after)
+        scale = self._scale(self.schedule.text_scale_at_sigma, sigma, sample_sigmas, self.schedule.text_after)
         tokens = self._cached(
             ("text", context.device, context.dtype),
             lambda: self.text_tokens.to(context.device, context.dtype),

@@ -348,22 +348,13 @@ def _run_case(
     check("scheduler timesteps", scheduler.timesteps.float(), "timesteps", EXACT)
     check("scheduler sigmas", scheduler.sigmas.float(), "sigmas", EXACT)
     sigmas = scheduler.sigmas
-    step_scales = torch.tensor([schedule.adapter_scale_at_step(i) for i in range(steps)], dtype=torch.float32)
-    check("adapter scale per step (step index)", step_scales, "step_adapter_scale", EXACT)
-    check(
-        "adapter scale per step (sigma)",
-        schedule.adapter_scale_at_sigma(sigmas[:steps], sigmas),
-        "step_adapter_scale",
-        EXACT,
-    )
-    text_scales = torch.tensor([schedule.text_scale_at_step(i) for i in range(steps)], dtype=torch.float32)
-    check("text scale per step (step index)", text_scales, "step_text_branch_scale", EXACT)
-    check(
-        "text scale per step (sigma)",
-        schedule.text_scale_at_sigma(sigmas[:steps], sigmas),
-        "step_text_branch_scale",
-        EXACT,
-    )
+    for label, at_step, at_sigma, ref in (
+        ("adapter", schedule.adapter_scale_at_step, schedule.adapter_scale_at_sigma, "step_adapter_scale"),
+        ("text", schedule.text_scale_at_step, schedule.text_scale_at_sigma, "step_text_branch_scale"),
+    ):
+        by_step = torch.tensor([at_step(i) for i in range(steps)], dtype=torch.float32)
+        check(f"{label} scale per step (step index)", by_step, ref, EXACT)
+        check(f"{label} scale per step (sigma)", at_sigma(sigmas[:steps], sigmas), ref, EXACT)
     generator = torch.Generator("cpu").manual_seed(int(case["seed"]))
     latents = torch.randn(tuple(g["initial_latents"].shape), generator=generator) * scheduler.init_noise_sigma
     check("initial latents", latents, "initial_latents")

@@ -105,26 +105,21 @@ def test_non_sdxl_models_are_refused_clearly(pack, name, config, unet, hint):
     assert hint in str(info.value) and name in str(info.value)
 
 
+def _apply_defaults(pack, model, uniid_weights, identity):
+    """UniID Apply with the official defaults on a one-entry, all-zero positive conditioning."""
+    return pack.apply.UniIDApply().apply(
+        model, [[torch.zeros(1, 77, 2048), {}]], uniid_weights, identity,
+        5, 0.5, 1.8, 0.8, 1.2, "normalized", 0.0, 1.0,
+    )
+
+
 def test_identity_from_other_weights_is_refused(pack, small_sdxl, uniid_weights):
     from uniid_core.errors import IdentityMismatchError
     from uniid_core.identity import Identity
 
     identity = Identity(adapter_tokens=torch.zeros(1, 4, 2048), model_fingerprint="0123456789abcdef")
     with pytest.raises(IdentityMismatchError, match="encode the face again"):
-        pack.apply.UniIDApply().apply(
-            small_sdxl,
-            [[torch.zeros(1, 77, 2048), {}]],
-            uniid_weights,
-            identity,
-            5,
-            0.5,
-            1.8,
-            0.8,
-            1.2,
-            "normalized",
-            0.0,
-            1.0,
-        )
+        _apply_defaults(pack, small_sdxl, uniid_weights, identity)
 
 
 def test_text_tokens_need_clip_or_a_stored_anchor(pack, small_sdxl, uniid_weights):
@@ -137,20 +132,7 @@ def test_text_tokens_need_clip_or_a_stored_anchor(pack, small_sdxl, uniid_weight
         model_fingerprint=uniid_weights.fingerprint,
     )
     with pytest.raises(UniIDError, match="clip input"):
-        pack.apply.UniIDApply().apply(
-            small_sdxl,
-            [[torch.zeros(1, 77, 2048), {}]],
-            uniid_weights,
-            identity,
-            5,
-            0.5,
-            1.8,
-            0.8,
-            1.2,
-            "normalized",
-            0.0,
-            1.0,
-        )
+        _apply_defaults(pack, small_sdxl, uniid_weights, identity)
 
 
 def test_rescaler_dropdown_lists_registered_strategies(comfy, pack):

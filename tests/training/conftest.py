@@ -151,31 +151,21 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def prepare_command(photo_dir: Path, out: Path, base: Path) -> list[str]:
+    """The training.prepare arguments the tests use: MTCNN, small shards, cached latents, CPU."""
+    return [
+        "--images", str(photo_dir), "--out", str(out), "--detector", "mtcnn", "--shard-size", "4",
+        "--latents", "--base", str(base), "--resolution", str(RESOLUTION), "--device", "cpu",
+    ]
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path, tiny_base: Path) -> tuple[Path, dict]:
     """A dataset prepared once with MTCNN and cached latents: (folder, report)."""
     from training.prepare import main as prepare_main
 
     out = tmp_path_factory.mktemp("dataset") / "ds"
-    report = prepare_main(
-        [
-            "--images",
-            str(photo_dir),
-            "--out",
-            str(out),
-            "--detector",
-            "mtcnn",
-            "--shard-size",
-            "4",
-            "--latents",
-            "--base",
-            str(tiny_base),
-            "--resolution",
-            str(RESOLUTION),
-            "--device",
-            "cpu",
-        ]
-    )
+    report = prepare_main(prepare_command(photo_dir, out, tiny_base))
     return out, report
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from tests.training.conftest import prepare_command
 from training.data import FaceDataset, ResumableBatchSampler
 from training.prepare import main as prepare_main
 
@@ -35,25 +36,7 @@ def test_prepare_reports_failures_and_writes_shards(prepared: tuple[Path, dict])
 def test_prepare_rerun_resumes(prepared: tuple[Path, dict], photo_dir: Path, tiny_base: Path) -> None:
     out, report = prepared
     shards_before = sorted(p.name for p in (out / "shards").iterdir())
-    again = prepare_main(
-        [
-            "--images",
-            str(photo_dir),
-            "--out",
-            str(out),
-            "--detector",
-            "mtcnn",
-            "--shard-size",
-            "4",
-            "--latents",
-            "--base",
-            str(tiny_base),
-            "--resolution",
-            "64",
-            "--device",
-            "cpu",
-        ]
-    )
+    again = prepare_main(prepare_command(photo_dir, out, tiny_base))
     assert sorted(p.name for p in (out / "shards").iterdir()) == shards_before
     assert again["num_samples"] == report["num_samples"]
     assert again["num_failed"] == report["num_failed"]
