@@ -3,10 +3,17 @@ schedule and noise nodes, SamplerCustomAdvanced -> the official final latents; K
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.comfyui.conftest import REPO
+from tests.comfyui.test_comfy_executor import _Server, model_files  # noqa: F401  (module fixture)
 from tests.comfyui.test_comfy_parity import CASES, golden_unet, golden_uniid  # noqa: F401  (module fixtures)
 
 SEED, CFG, STEPS, SIZE = 42, 7.5, 4, 128  # the golden cases' settings (golden README)
@@ -178,3 +185,52 @@ def test_cuda_generator_draws_the_official_noise(comfy, pack, golden_unet):  # n
     sigma_max = float(golden_unet.get_model_object("model_sampling").sigma_max)
     expected = (official.cpu().double() * noise_prescale(sigmas, sigma_max)).float()
     assert drawn.device.type == "cpu" and torch.equal(drawn, expected)
+
+
+def _shipped_prompt(repo: Path) -> dict:
+    """The shipped official-settings workflow as an API prompt, on the test's small stand-in models."""
+    scripts = str(repo / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import workflow_check
+
+    workflow = json.loads((repo / "workflows" / "uniid_official_settings.json").read_text())
+    prompt = workflow_check.ui_to_api(workflow, workflow_check.load_snapshot()["nodes"])
+    by_type = {node["class_type"]: node for node in prompt.values()}
+    by_type["CheckpointLoaderSimple"].update(class_type="UniIDTestModelSource", inputs={})
+    by_type["UniIDLoader"]["inputs"]["uniid_name"] = "small_uniid.safetensors"
+    by_type["UniIDFaceNetLoader"]["inputs"]["face_net_name"] = "insightface/face_small.safetensors"
+    by_type["UniIDFaceDetectorLoader"]["inputs"]["backend"] = "pre-aligned"
+    by_type["UniIDOfficialNoise"]["inputs"]["generator"] = "cpu"
+    by_type["UniIDOfficialSchedule"]["inputs"]["steps"] = 6
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
+    decode = next(k for k, node in prompt.items() if node["class_type"] == "VAEDecode")
+    samples = prompt.pop(decode)["inputs"]["samples"]
+    by_type["SaveImage"].update(
+        class_type="SaveLatent", inputs={"samples": samples, "filename_prefix": "uniid_official_test"}
+    )
+    return prompt
+
+
+def test_shipped_official_workflow_runs_through_comfy_executor(comfy, model_files, custom_sampler):  # noqa: F811
+    """The shipped graph (official nodes -> SamplerCustomAdvanced) validates and executes in ComfyUI."""
+    import execution
+
+    names = ("SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect")
+    added = {n: getattr(custom_sampler, n) for n in names if n not in comfy.nodes.NODE_CLASS_MAPPINGS}
+    comfy.nodes.NODE_CLASS_MAPPINGS.update(added)
+    try:
+        prompt = _shipped_prompt(REPO)
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("official", prompt, None))
+        assert valid, (error, node_errors)
+        executor = execution.PromptExecutor(_Server(), cache_type=False)
+        executor.execute(prompt, "official", {}, outputs)
+        errors = [data for event, data in executor.status_messages if event == "execution_error"]
+        assert executor.success, errors
+    finally:
+        for name in added:
+            comfy.nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+    saved = list((comfy.base / "output").glob("uniid_official_test*.latent"))
+    assert len(saved) == 1
+    latent = load_file(str(saved[0]))["latent_tensor"]
+    assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all() and latent.abs().max() > 0
