@@ -115,6 +115,37 @@ def test_official_nodes_reproduce_golden_final_latents(
     print(f"case {case}: max |final - golden| = {(final - g['final_latents']).abs().max().item():.3g}")
 
 
+@pytest.mark.parametrize("start", ["below_sigma_max", "at_sigma_max"])
+def test_comfy_noise_scaling_lands_on_init_noise_sigma(
+    comfy,
+    pack,
+    golden_dir,
+    golden_unet,  # noqa: F811
+    custom_sampler,
+    start,
+):
+    """Through ComfyUI's sampler the first UNet input is the unit noise, x / sqrt(1 + sigma_0^2), both where
+    ComfyUI scales by sigma_0 (the node pre-scales) and where sigma_0 reaches sigma_max (factor 1)."""
+    from uniid_core.official_schedule import official_noise, official_sigmas
+
+    g = load_file(str(golden_dir / "golden_case1.safetensors"))
+    sigmas = official_sigmas(6)
+    if start == "at_sigma_max":  # 1000 steps start at the table's last entry, ComfyUI's sigma_max
+        sigmas = official_sigmas(1000)[[0, 500, 1000]]
+    model = golden_unet.clone()
+    calls = _capture_unet_inputs(model)
+    positive = _conditioning(g["encode_prompt_prompt_embeds"], g["encode_prompt_pooled_prompt_embeds"])
+    (noise,) = pack.official.UniIDOfficialNoise().get_noise(model, sigmas, SEED, "cpu")
+    assert (noise.factor == 1.0) == (start == "at_sigma_max")
+    (guider,) = custom_sampler.CFGGuider().get_guider(model, positive, positive, 1.0)
+    (sampler,) = custom_sampler.KSamplerSelect().get_sampler("euler")
+    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    with torch.no_grad():
+        custom_sampler.SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas[:2], latent)
+    unit = official_noise((1, 4, SIZE // 8, SIZE // 8), SEED)
+    torch.testing.assert_close(calls[0][0], unit, atol=2e-6, rtol=0)
+
+
 def test_ksampler_lists_official_schedulers_and_matches_the_custom_graph(
     comfy,
     pack,
