@@ -10,7 +10,10 @@ from .apply import UniIDApply  # noqa: E402
 from .encode import UniIDEncodeFace  # noqa: E402
 from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity  # noqa: E402
 from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader  # noqa: E402
+from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers  # noqa: E402
 from .text_encode import UniIDTextEncode  # noqa: E402
+
+register_ksampler_schedulers()
 
 NODE_CLASS_MAPPINGS = {
     "UniIDLoader": UniIDLoader,
@@ -21,6 +24,8 @@ NODE_CLASS_MAPPINGS = {
     "UniIDSaveIdentity": UniIDSaveIdentity,
     "UniIDLoadIdentity": UniIDLoadIdentity,
     "UniIDTextEncode": UniIDTextEncode,
+    "UniIDOfficialSchedule": UniIDOfficialSchedule,
+    "UniIDOfficialNoise": UniIDOfficialNoise,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,4 +37,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "UniIDSaveIdentity": "UniID Save Identity",
     "UniIDLoadIdentity": "UniID Load Identity",
     "UniIDTextEncode": "UniID Text Encode",
+    "UniIDOfficialSchedule": "UniID Official Schedule",
+    "UniIDOfficialNoise": "UniID Official Noise",
 }

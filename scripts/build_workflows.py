@@ -88,17 +88,33 @@ whole picture.
 Change the split by editing the masks (x of Mask person B = where the right half starts). Keep mask \
 size = image size."""
 
+OFFICIAL_PROMPT = "A photo of a <class word> eating bread in front of the Eiffel Tower"
+OFFICIAL_NOTE = """THE OFFICIAL SCRIPT'S IMAGE (UniID inference.py) inside ComfyUI.
+
+Its settings: 30 steps, CFG 7.5, 1024x1024, its negative prompt, merge step 5 with text 0.5 -> 1.8 \
+and adapter 0.8 -> 1.2 (normalized), insightface buffalo_l at det_size 320, most confident face.
+- UniID Official Schedule: diffusers' sigmas (leading spacing, steps_offset 1). scheduler: euler \
+for SDXL base; ddim for RealVisXL V5.0 (its repo ships DDIM). Keep the sampler at euler for both.
+- UniID Official Noise: the seed's noise, scaled as diffusers scales it. generator cuda draws it as \
+the script does on an NVIDIA GPU; cpu runs anywhere but is other noise than the script's GPU run.
+Use the checkpoint, photo, prompt and seed you gave the script.
+
+How close: bit-level only on the same device, dtype and kernels (checked on CPU, float32, against \
+the official code's outputs); on another GPU stack it matches visually, not bit for bit (ComfyUI \
+keeps the latents in float32, the script in float16)."""
+
 
 class Common:
     """The nodes every UniID workflow shares: checkpoint, UniID loaders, negative prompt, sampler, output."""
 
-    def __init__(self, graph: Graph, detector: str = "mtcnn", width: int = 1024, height: int = 1024) -> None:
+    def __init__(self, graph: Graph, detector: str = "mtcnn", width: int = 1024, height: int = 1024,
+                 **detector_widgets: object) -> None:
         self.g = graph
         self.ckpt = graph.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
         self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
         self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
         self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend=detector,
-                                  insightface_model="buffalo_l", provider="CPU")
+                                  insightface_model="buffalo_l", provider="CPU", **detector_widgets)
         self.negative = graph.add("CLIPTextEncode", (760, 250), title="Negative prompt", node_width=360,
                                   text=NEGATIVE)
         graph.connect(self.ckpt, "CLIP", self.negative, "clip")
@@ -277,12 +293,53 @@ def two_people_masks(schema: dict) -> dict:
     return g.to_json("two_people_masks")
 
 
+def official_settings(schema: dict) -> dict:
+    """The official inference.py's settings, schedule and first noise (SamplerCustomAdvanced)."""
+    g = Graph(schema)
+    c = Common(g, detector="insightface", det_size=320)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720), face_selection="score", class_word="auto")
+    c.preview(encode, (760, 720))
+    positive = c.prompt(OFFICIAL_PROMPT, (760, 0), encode)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0), merge_step=5,
+                    text_scale_before=0.5, text_scale_after=1.8, adapter_scale_before=0.8,
+                    adapter_scale_after=1.2, rescale="normalized", start_percent=0.0, end_percent=1.0)
+    x = 1560
+    schedule = g.add("UniIDOfficialSchedule", (x, 0), steps=30, scheduler="euler")
+    g.connect(apply, "model", schedule, "model")
+    noise = g.add("UniIDOfficialNoise", (x, 160), noise_seed=SEED, generator="cuda")
+    g.connect(apply, "model", noise, "model")
+    g.connect(schedule, "sigmas", noise, "sigmas")
+    guider = g.add("CFGGuider", (x, 360), cfg=7.5)
+    g.connect(apply, "model", guider, "model")
+    g.connect(apply, "positive", guider, "positive")
+    g.connect(c.negative, "CONDITIONING", guider, "negative")
+    sampler = g.add("KSamplerSelect", (x, 520), sampler_name="euler")
+    latent = g.add("EmptyLatentImage", (x, 640), width=1024, height=1024, batch_size=1)
+    sample = g.add("SamplerCustomAdvanced", (x + 400, 0), node_width=300)
+    for src, output, name in ((noise, "noise", "noise"), (guider, "GUIDER", "guider"),
+                              (sampler, "SAMPLER", "sampler"), (schedule, "sigmas", "sigmas"),
+                              (latent, "LATENT", "latent_image")):
+        g.connect(src, output, sample, name)
+    decode = g.add("VAEDecode", (x + 780, 0), node_width=200)
+    g.connect(sample, "output", decode, "samples")
+    g.connect(c.ckpt, "VAE", decode, "vae")
+    save = g.add("SaveImage", (x + 780, 120), node_width=480, filename_prefix="uniid_official")
+    g.connect(decode, "IMAGE", save, "images")
+    g.note(OFFICIAL_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    g.group("Official sampling", [schedule, noise, guider, sampler, latent, sample], "red")
+    return g.to_json("official_settings")
+
+
 WORKFLOWS = {
     "uniid_basic.json": basic,
     "uniid_multi_reference.json": multi_reference,
     "uniid_advanced_schedule.json": advanced_schedule,
     "uniid_save_load_identity.json": save_load_identity,
     "uniid_two_people_masks.json": two_people_masks,
+    "uniid_official_settings.json": official_settings,
 }
 
 

@@ -36,6 +36,7 @@ CORE_TYPES = frozenset({
     "CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "KSamplerAdvanced", "EmptyLatentImage",
     "VAEDecode", "SaveImage", "PreviewImage", "LoadImage", "ImageBatch", "SolidMask", "MaskComposite",
     "FeatherMask", "MaskToImage", "ConditioningSetMask", "ConditioningCombine", "ImageScale",
+    "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect",
 })
 PLACEHOLDER_FILES = (
     "models/checkpoints/sd_xl_base_1.0.safetensors",

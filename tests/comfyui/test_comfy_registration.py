@@ -18,6 +18,8 @@ NODES = [
     "UniIDSaveIdentity",
     "UniIDLoadIdentity",
     "UniIDTextEncode",
+    "UniIDOfficialSchedule",
+    "UniIDOfficialNoise",
 ]
 
 

@@ -15,6 +15,7 @@ EXPECTED = {
     "uniid_advanced_schedule.json",
     "uniid_save_load_identity.json",
     "uniid_two_people_masks.json",
+    "uniid_official_settings.json",
 }
 
 

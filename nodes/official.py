@@ -1,0 +1,195 @@
+"""The official script's sampling in ComfyUI: its sigmas (SIGMAS node, KSampler scheduler) and first noise."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import comfy.samplers
+import torch
+
+from uniid_core.errors import UniIDError
+from uniid_core.official_schedule import (
+    OFFICIAL_SCHEDULERS,
+    BetaSchedule,
+    noise_prescale,
+    official_noise,
+    official_sigmas,
+)
+
+from .loaders import CATEGORY
+
+LOG = logging.getLogger("UniID")
+GENERATORS = ["cpu", "cuda"]
+KSAMPLER_SCHEDULERS = {"uniid_official": "euler", "uniid_official_ddim": "ddim"}
+
+
+def model_beta_schedule(model_sampling: object) -> BetaSchedule:
+    """The model's scaled-linear beta schedule, read from its ModelSampling and checked against its sigmas."""
+    start = getattr(model_sampling, "linear_start", None)
+    end = getattr(model_sampling, "linear_end", None)
+    table = getattr(model_sampling, "sigmas", None)
+    if start is not None and end is not None and isinstance(table, torch.Tensor) and table.ndim == 1:
+        schedule = BetaSchedule(beta_start=float(start), beta_end=float(end), num_train_timesteps=len(table))
+        if schedule.describes(table):
+            return schedule
+    raise UniIDError(
+        f"the model's noise schedule ({type(model_sampling).__name__}) is not the scaled-linear discrete "
+        "schedule of SDXL that the official sampler uses (a zero-terminal-SNR, EDM or flow model, or a "
+        "ModelSampling node changed it); connect the SDXL checkpoint's MODEL directly, or use BasicScheduler"
+    )
+
+
+def _ksampler_sigmas(model_sampling: object, steps: int, scheduler: str) -> torch.Tensor:
+    """KSampler scheduler handler: the official sigmas for this model and step count."""
+    return official_sigmas(steps, scheduler, model_beta_schedule(model_sampling))
+
+
+def register_ksampler_schedulers() -> bool:
+    """Offer the official schedules in KSampler's scheduler list through ComfyUI's own scheduler registry."""
+    handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None)
+    names = getattr(comfy.samplers, "SCHEDULER_NAMES", None)
+    handler_type = getattr(comfy.samplers, "SchedulerHandler", None)
+    if not isinstance(handlers, dict) or not isinstance(names, list) or handler_type is None:
+        LOG.warning(
+            "UniID: this ComfyUI has no scheduler registry, so KSampler does not list 'uniid_official'; "
+            "use the UniID Official Schedule node with SamplerCustomAdvanced"
+        )
+        return False
+    lists = [names]
+    ksampler_list = getattr(comfy.samplers.KSampler, "SCHEDULERS", None)
+    if isinstance(ksampler_list, list) and ksampler_list is not names:
+        lists.append(ksampler_list)
+    for name, scheduler in KSAMPLER_SCHEDULERS.items():
+        handlers.setdefault(name, handler_type(partial(_ksampler_sigmas, scheduler=scheduler)))
+        for choices in lists:
+            if name not in choices:
+                choices.append(name)
+    return True
+
+
+class UniIDOfficialSchedule:
+    """SIGMAS of the official sampler: diffusers' leading timesteps, steps_offset 1, float32."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (
+                    "MODEL",
+                    {"tooltip": "The SDXL model; its beta schedule must be SDXL's scaled-linear one"},
+                ),
+                "steps": (
+                    "INT",
+                    {
+                        "default": 30,
+                        "min": 1,
+                        "max": 1000,
+                        "tooltip": "Sampling steps (official: 30); UniID Apply's merge_step counts them",
+                    },
+                ),
+                "scheduler": (
+                    list(OFFICIAL_SCHEDULERS),
+                    {
+                        "tooltip": "euler: SDXL base's EulerDiscrete (last sigma 0). ddim: the DDIM "
+                        "scheduler RealVisXL V5.0 ships (last sigma 0.029, not 0); sample both with the "
+                        "euler sampler"
+                    },
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+    FUNCTION = "get_sigmas"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "The official UniID script's sigmas (diffusers' leading spacing, steps_offset 1), bit-identical to "
+        "diffusers'. Use with SamplerCustomAdvanced and UniID Official Noise."
+    )
+
+    def get_sigmas(self, model, steps: int, scheduler: str) -> tuple[torch.Tensor]:
+        schedule = model_beta_schedule(model.get_model_object("model_sampling"))
+        return (official_sigmas(steps, scheduler, schedule),)
+
+
+class OfficialNoise:
+    """ComfyUI NOISE object: the official seeded noise, pre-scaled for ComfyUI's noise scaling."""
+
+    def __init__(self, seed: int, device: str, dtype: torch.dtype, factor: float) -> None:
+        self.seed = seed
+        self.device = device
+        self.dtype = dtype
+        self.factor = factor
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        """Noise shaped like the latent, drawn in one call as diffusers does, on the CPU in its dtype."""
+        latent = input_latent["samples"]
+        noise = official_noise(latent.shape, self.seed, self.device, self.dtype)
+        return (noise.to("cpu", torch.float64) * self.factor).to(latent.dtype)
+
+
+def _compute_dtype(model: object) -> torch.dtype:
+    """The dtype the UNet computes in (the manual-cast dtype for fp8 or other stored precisions)."""
+    cast = getattr(model.model, "manual_cast_dtype", None)
+    return cast if cast is not None else model.model_dtype()
+
+
+class UniIDOfficialNoise:
+    """NOISE of the official script: seeded noise whose first latent is sqrt(1 + sigma_0^2) times it."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (
+                    "MODEL",
+                    {"tooltip": "The model being sampled: gives sigma_max and, for cuda, the noise dtype"},
+                ),
+                "sigmas": (
+                    "SIGMAS",
+                    {"tooltip": "The sigmas the sampler will use (from UniID Official Schedule)"},
+                ),
+                "noise_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": "Seed of the noise generator (the official script's seed)",
+                    },
+                ),
+                "generator": (
+                    GENERATORS,
+                    {
+                        "tooltip": "cpu: float32 on the CPU (any machine; the values ComfyUI draws). cuda: "
+                        "a CUDA generator in the model's dtype, as inference.py draws it (needs an NVIDIA "
+                        "GPU)"
+                    },
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("NOISE",)
+    RETURN_NAMES = ("noise",)
+    FUNCTION = "get_noise"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "The official UniID script's first noise for SamplerCustomAdvanced: diffusers scales it by "
+        "sqrt(1 + sigma_0^2) where ComfyUI uses sigma_0; this node makes up the difference."
+    )
+
+    def get_noise(self, model, sigmas: torch.Tensor, noise_seed: int, generator: str) -> tuple[OfficialNoise]:
+        if generator not in GENERATORS:
+            raise UniIDError(f"generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
+        dtype = torch.float32
+        if generator == "cuda":
+            if not torch.cuda.is_available():
+                raise UniIDError(
+                    "UniID Official Noise: generator 'cuda' needs an NVIDIA GPU with CUDA torch, and none is "
+                    "available; choose 'cpu' (the same noise ComfyUI draws, float32)"
+                )
+            dtype = _compute_dtype(model)
+        sigma_max = float(model.get_model_object("model_sampling").sigma_max)
+        return (OfficialNoise(noise_seed, generator, dtype, noise_prescale(sigmas.cpu(), sigma_max)),)
