@@ -150,7 +150,7 @@ def test_plain_unet_matches_golden_without_uniid(comfy, golden_dir, golden_unet)
 
 
 def test_anchor_from_comfy_clip_matches_golden(comfy, pack, golden_dir):
-    """The default norm anchor computed through ComfyUI's CLIP modules and tokenizers equals the official one."""
+    """The default norm anchor through ComfyUI's CLIP modules and tokenizers equals the official one."""
     import types
 
     import comfy.sd1_clip
