@@ -180,6 +180,4 @@ def scan_release(folder: str | os.PathLike, depth: int = RELEASE_DEPTH) -> Relea
 
 def holds_uniid(folder: str | os.PathLike) -> bool:
     """Whether a folder holds at least one UniID branch file within RELEASE_DEPTH levels (cheap, memoised)."""
-    return any(
-        classify_file(path) in (KIND_TEXT, KIND_ADAPTER, KIND_BOTH) for path in weight_files(folder)
-    )
+    return any(classify_file(path) in (KIND_TEXT, KIND_ADAPTER, KIND_BOTH) for path in weight_files(folder))
