@@ -25,9 +25,26 @@ def _args(standin: dict[str, Path], repo_root: Path, out: Path, *extra: str) -> 
     models = ["--base", str(standin["base"]), "--uniid", str(standin["uniid"])]
     models += ["--face-net", str(standin["face_net"])]
     return [
-        *models, "--ref", str(photo), "--detector", "mtcnn", "--prompt", "a photo of a <class word>",
-        "--steps", "2", "--width", "64", "--height", "64", "--device", "cpu", "--dtype", "fp32",
-        "--out", str(out), *extra,
+        *models,
+        "--ref",
+        str(photo),
+        "--detector",
+        "mtcnn",
+        "--prompt",
+        "a photo of a <class word>",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--out",
+        str(out),
+        *extra,
     ]
 
 
