@@ -33,7 +33,7 @@ from uniid_core.hub_release import (
     plan_release,
     sha256_of,
 )
-from uniid_core.release import KIND_FACE_NET, scan_release
+from uniid_core.release import KIND_FACE_NET, holds_uniid, scan_release
 
 INSIGHTFACE_RELEASES = (
     "https://github.com/deepinsight/insightface/releases/download/v0.7/",
@@ -72,7 +72,6 @@ MANIFEST: tuple[ModelFile, ...] = (
         folder="uniid",
         target=RELEASE_FOLDER,
         kind="hf_repo",
-        manual=f"download the files of {RELEASE_URL} and keep its folders as they are",
     ),
     ModelFile(
         name="face_net",
@@ -270,13 +269,18 @@ class ReleaseSource:
 
 
 def install_release(entry: ModelFile, dest: Path, source: ReleaseSource, dry_run: bool, force: bool) -> bool:
-    """List, plan, fetch and verify the Hub release into dest; False when the Hub is out of reach."""
-    if offline_by_environment():
-        print(f"{entry.name}: HF_HUB_OFFLINE is set, nothing downloaded; {manual_hint(dest)}")
-        return False
+    """List, plan, fetch and verify the Hub release into dest; False when the Hub is out of reach.
+
+    Out of reach with a release already in dest, that release is reported and kept (True).
+    """
     try:
+        if offline_by_environment():
+            raise HubUnavailable("HF_HUB_OFFLINE is set")
         plan = plan_release(source.hub.list_files(source.repo, source.revision))
     except HubUnavailable as exc:
+        if dest.is_dir() and holds_uniid(dest):
+            print(f"{entry.name}: in place at {dest} (not compared with the Hub: {exc})")
+            return True
         print(f"{entry.name}: {manual_hint(dest)} ({exc})")
         return False
     if not plan.fetch:

@@ -186,3 +186,7 @@ def test_offline_says_in_one_line_where_to_put_the_files(tmp_path: Path, release
     assert len(lines) == 1 and "HF_HUB_OFFLINE" in lines[0] and str(dest) in lines[0]
     assert hub.listed == [], "offline mode must not touch the Hub"
     assert not dest.exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert _run(FakeHub(release_files), "--dest", str(dest)) == 0
+    assert _run(unreachable, "--dest", str(dest)) == 0, "a release already in place stays usable offline"
+    assert "in place at" in capsys.readouterr().out
