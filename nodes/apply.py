@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from uniid_core.anchor import load_names
 from uniid_core.attention import RESCALERS
 from uniid_core.errors import CheckpointError, UniIDError
 from uniid_core.identity import check_identity_matches
@@ -17,6 +18,7 @@ from .bundle import UniIDWeights
 from .family import check_sdxl, cross_attn_layers
 from .loaders import CATEGORY
 from .patch import UniIDPatchState, install
+from .paths import names_choices, resolve_names
 
 LOG = logging.getLogger("UniID")
 PROMPT_TOKENS_KEY = "uniid_prompt_tokens"
@@ -75,12 +77,13 @@ def _warn_dropped(embeds: torch.Tensor, options: dict, count: int) -> None:
         )
 
 
-def _text_tokens(identity: object, clip: object | None) -> torch.Tensor | None:
+def _text_tokens(identity: object, clip: object | None, names_file: str = "official") -> torch.Tensor | None:
     """The anchor-rescaled text tokens (1, N, 2048), computing the anchor from CLIP when needed."""
     if getattr(identity, "text_tokens", None) is None:
         return None
     if clip is not None:
-        identity = identity.with_anchor(anchor_for_clip(clip, identity.text_tokens.shape[1]))
+        names = load_names(resolve_names(names_file))
+        identity = identity.with_anchor(anchor_for_clip(clip, identity.text_tokens.shape[1], names))
     elif getattr(identity, "text_tokens_rescaled", None) is None:
         raise UniIDError(
             "the identity's text tokens must be rescaled to the base model's text-encoder norms: connect the "
@@ -182,6 +185,15 @@ class UniIDApply:
                     "MASK",
                     {"tooltip": "Apply the adapter only inside this mask (e.g. one person of two)"},
                 ),
+                "names_file": (
+                    names_choices(),
+                    {
+                        "default": "official",
+                        "tooltip": "Celebrity names the text-token norm anchor is computed from: official "
+                        "(wiki_names_v2.txt, as the official code), uniid_project, or your own list in "
+                        "models/uniid/names/ (one name per line)",
+                    },
+                ),
             },
         }
 
@@ -210,13 +222,14 @@ class UniIDApply:
         end_percent: float,
         clip=None,
         mask=None,
+        names_file: str = "official",
     ) -> tuple:
         check_sdxl(model)
         check_identity_matches(identity, uniid.model)
         schedule = MergeSchedule(
             merge_step, text_scale_before, text_scale_after, adapter_scale_before, adapter_scale_after
         )
-        text_tokens = _text_tokens(identity, clip)
+        text_tokens = _text_tokens(identity, clip, names_file)
         adapter_tokens = getattr(identity, "adapter_tokens", None)
         layers, ip_patcher, negative = cross_attn_layers(model), None, None
         if adapter_tokens is not None:

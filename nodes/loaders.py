@@ -8,6 +8,7 @@ import comfy.utils
 import torch
 
 from uniid_core.checkpoint import load_face_net, load_uniid
+from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE
 
 from . import paths
 from .bundle import DTYPES, UniIDWeights
@@ -27,9 +28,9 @@ class UniIDLoader:
                 "uniid_name": (
                     paths.uniid_weight_choices(),
                     {
-                        "tooltip": "UniID weights in models/uniid: the single .safetensors, an official "
-                        "checkpoint folder (ending in /, holding text_branch_ckpt/ and adapter_ckpt/) or one "
-                        "pytorch_model.bin"
+                        "tooltip": "UniID weights in models/uniid: a release folder as downloaded (ending "
+                        "in /; both branches, found by their contents), the single .safetensors, or one "
+                        "branch file (pytorch_model.bin / model.safetensors) on its own"
                     },
                 ),
                 "dtype": (
@@ -76,8 +77,8 @@ class UniIDFaceNetLoader:
                 "face_net_name": (
                     paths.face_net_choices(),
                     {
-                        "tooltip": "IResNet-100 backbone (.pth or .safetensors) from models/uniid or "
-                        "models/insightface"
+                        "tooltip": "IResNet-100 backbone (.pth, .safetensors or .bin) from models/uniid "
+                        "(also inside a release folder) or models/insightface"
                     },
                 ),
             }
@@ -128,17 +129,20 @@ class UniIDFaceDetectorLoader:
                 "provider": (PROVIDERS, {"tooltip": "onnxruntime accelerator for insightface / mtcnn"}),
                 "insightface_model": (
                     paths.insightface_model_choices(),
-                    {"tooltip": "Model pack folder in models/insightface/models/ (antelopev2, buffalo_l)"},
+                    {
+                        "tooltip": "Model pack folder in models/insightface/models/; buffalo_l is the "
+                        "official choice"
+                    },
                 ),
                 "det_size": (
                     "INT",
                     {
-                        "default": 640,
+                        "default": DEFAULT_DET_SIZE,
                         "min": 128,
                         "max": 1280,
                         "step": 32,
-                        "tooltip": "insightface detection size; smaller sizes are tried when no "
-                        "face is found",
+                        "tooltip": "insightface detection size (official: 320; it moves the landmarks and "
+                        "so the identity); other sizes are tried only when no face is found",
                     },
                 ),
             }

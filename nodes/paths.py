@@ -6,15 +6,29 @@ import os
 
 import folder_paths
 
+from uniid_core.anchor import BUILTIN_NAMES
 from uniid_core.checkpoint import is_uniid_file
 from uniid_core.errors import CheckpointError
+from uniid_core.release import (
+    KIND_ADAPTER,
+    KIND_BOTH,
+    KIND_FACE_NET,
+    KIND_TEXT,
+    classify_file,
+    holds_uniid,
+    is_weights_name,
+)
 
 UNIID_FOLDER = "uniid"
 INSIGHTFACE_FOLDER = "insightface"
 IDENTITY_SUBDIR = "identities"
+NAMES_SUBDIR = "names"
 WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".pth", ".pt"}
 UNIID_EXTENSIONS = {".safetensors", ".bin"}
+FACE_NET_EXTENSIONS = {".pth", ".pt", ".safetensors", ".bin"}
 OFFICIAL_DIR_SUFFIX = "/"
+DEFAULT_INSIGHTFACE_PACK = "buffalo_l"
+UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
 
 
 def _register(name: str, extensions: set[str]) -> None:
@@ -36,52 +50,66 @@ def folder_dirs(name: str) -> list[str]:
     return folder_paths.get_folder_paths(name)
 
 
-def _official_dirs() -> list[str]:
-    """Folders under models/uniid holding official branch checkpoints (*/pytorch_model.bin)."""
+def _listable(name: str) -> bool:
+    """A model-folder entry worth listing: no hidden folder (download staging), no saved identity."""
+    parts = name.replace("\\", "/").split("/")
+    return parts[0] != IDENTITY_SUBDIR and not any(part.startswith(".") for part in parts)
+
+
+def release_dirs() -> list[str]:
+    """Folders directly under models/uniid that hold UniID branch files (recognised by their keys)."""
     found = set()
     for root in folder_dirs(UNIID_FOLDER):
         if not os.path.isdir(root):
             continue
         for entry in sorted(os.listdir(root)):
             path = os.path.join(root, entry)
-            if not os.path.isdir(path) or entry == IDENTITY_SUBDIR:
-                continue
-            subdirs = [os.path.join(path, s) for s in os.listdir(path)]
-            if any(os.path.isfile(os.path.join(s, "pytorch_model.bin")) for s in subdirs if os.path.isdir(s)):
+            if os.path.isdir(path) and _listable(entry) and holds_uniid(path):
                 found.add(entry + OFFICIAL_DIR_SUFFIX)
     return sorted(found)
 
 
 def uniid_weight_choices() -> list[str]:
-    """Dropdown entries for UniID weights: .safetensors/.bin under models/uniid plus official folders.
+    """Dropdown entries for UniID weights: release folders, then .safetensors/.bin files under models/uniid.
 
-    Face nets (.pth/.pt) and saved identities live in the same folder and are left out.
+    Training state (optimizer.bin, ...), saved identities and face nets live there too and are left out.
     """
     files = [
         f
         for f in folder_paths.get_filename_list(UNIID_FOLDER)
-        if not f.replace("\\", "/").startswith(IDENTITY_SUBDIR + "/")
+        if _listable(f)
         and os.path.splitext(f)[1].lower() in UNIID_EXTENSIONS
+        and is_weights_name(f)
+        and classify_file(folder_paths.get_full_path(UNIID_FOLDER, f)) != KIND_FACE_NET
     ]
-    return _official_dirs() + files
+    return release_dirs() + files
+
+
+def _is_face_net_choice(path: str) -> bool:
+    """A .pth/.pt/.safetensors file that is not UniID weights, or any weights file keyed as a face net."""
+    kind = classify_file(path)
+    if path.lower().endswith(".bin"):
+        return kind == KIND_FACE_NET
+    return kind not in UNIID_KINDS and not is_uniid_file(path)
 
 
 def face_net_choices() -> list[str]:
-    """Face-net dropdown: .pth/.safetensors in models/uniid and models/insightface, minus UniID weights."""
+    """Face-net dropdown: face nets in models/uniid (release folders included) and models/insightface."""
     out = []
     for folder in (UNIID_FOLDER, INSIGHTFACE_FOLDER):
         for name in folder_paths.get_filename_list(folder):
             if (
-                os.path.splitext(name)[1].lower() in (".pth", ".pt", ".safetensors")
-                and not name.startswith(IDENTITY_SUBDIR)
-                and not is_uniid_file(folder_paths.get_full_path(folder, name))
+                os.path.splitext(name)[1].lower() in FACE_NET_EXTENSIONS
+                and _listable(name)
+                and is_weights_name(name)
+                and _is_face_net_choice(folder_paths.get_full_path(folder, name))
             ):
                 out.append(f"{folder}/{name}")
     return out
 
 
 def insightface_model_choices() -> list[str]:
-    """Model packs (antelopev2, buffalo_l, ...) under models/insightface/models/ (or misplaced one up)."""
+    """Model packs under models/insightface/models/ (or misplaced one up), the official buffalo_l first."""
     names = set()
     for root in folder_dirs(INSIGHTFACE_FOLDER):
         for folder in (os.path.join(root, "models"), root):
@@ -89,7 +117,8 @@ def insightface_model_choices() -> list[str]:
                 names.update(
                     d for d in os.listdir(folder) if d != "models" and os.path.isdir(os.path.join(folder, d))
                 )
-    return sorted(names) or ["antelopev2", "buffalo_l"]
+    found = sorted(names, key=lambda name: (name != DEFAULT_INSIGHTFACE_PACK, name))
+    return found or [DEFAULT_INSIGHTFACE_PACK, "antelopev2"]
 
 
 def insightface_root() -> str:
@@ -169,3 +198,25 @@ def resolve_identity(choice: str) -> str:
         if os.path.isfile(path):
             return path
     raise _missing(UNIID_FOLDER, f"{IDENTITY_SUBDIR}/{name}")
+
+
+def names_choices() -> list[str]:
+    """Celebrity-name lists for the text anchor: built-in (official first), then models/uniid/names/*.txt."""
+    out = list(BUILTIN_NAMES)
+    for root in folder_dirs(UNIID_FOLDER):
+        sub = os.path.join(root, NAMES_SUBDIR)
+        if os.path.isdir(sub):
+            out += [f"{NAMES_SUBDIR}/{f}" for f in sorted(os.listdir(sub)) if f.lower().endswith(".txt")]
+    return out
+
+
+def resolve_names(choice: str) -> str:
+    """A built-in names list's key as it is, or the full path of 'names/<file>.txt'."""
+    if choice in BUILTIN_NAMES:
+        return choice
+    name = choice.removeprefix(NAMES_SUBDIR + "/")
+    for root in folder_dirs(UNIID_FOLDER):
+        path = os.path.join(root, NAMES_SUBDIR, name)
+        if os.path.isfile(path):
+            return path
+    raise _missing(UNIID_FOLDER, f"{NAMES_SUBDIR}/{name}")

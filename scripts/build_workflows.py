@@ -18,12 +18,12 @@ START_POS, START_SIZE = (380, 0), (350, 640)
 
 MODELS_NOTE = """MODEL FILES (see README, 'Model layout'):
 - ComfyUI/models/checkpoints/: any SDXL checkpoint (e.g. sd_xl_base_1.0.safetensors)
-- ComfyUI/models/uniid/uniid_sdxl.safetensors: UniID weights
-  (or an official folder holding text_branch_ckpt/ and adapter_ckpt/)
-- ComfyUI/models/uniid/glint360k_r100.pth: the IResNet-100 face net (Partial-FC, Glint360K)
+- ComfyUI/models/uniid/<folder>/: the official UniID release (Hugging Face pangly/UniID) as it \
+comes, listed as '<folder>/' (or a single uniid_sdxl.safetensors)
+- the IResNet-100 face net: inside the release folder, or ComfyUI/models/uniid/glint360k_r100.pth
 - ComfyUI/models/insightface/models/buffalo_l/: only for the insightface detector
-`python -m uniid_core.download --comfyui /path/to/ComfyUI` fetches what can be fetched and says \
-where the rest goes.
+`python -m uniid_core.download --comfyui /path/to/ComfyUI` fetches the release and the detector \
+packs into these folders and says where the rest goes.
 After adding files, press R (refresh) so the dropdowns list them."""
 
 DETECTOR_NOTE = """FACE DETECTOR

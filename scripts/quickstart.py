@@ -1,8 +1,10 @@
 """Run UniID's main job once: reference photo in, face-personalised image out (called by quickstart.sh).
 
 With real model files (--base, --uniid, --face-net, or UNIID_BASE / UNIID_WEIGHTS / UNIID_FACE_NET) it runs
-the official settings. Without them it builds small random stand-in weights and runs the same code path on
-them, and says loudly that the picture is from stand-in weights.
+the official settings (insightface buffalo_l at det size 320 when installed, else the bundled MTCNN).
+Without them it builds small random stand-in weights and runs the same code path on them, with real MTCNN
+face detection and alignment on a public-domain photo shipped in scripts/assets, and says loudly that the
+picture is from stand-in weights.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STANDIN_DIR = Path(os.environ.get("UNIID_STANDIN_DIR", REPO_ROOT / ".quickstart" / "standin"))
 BANNER = "=" * 78
+SAMPLE_PHOTO = REPO_ROOT / "scripts" / "assets" / "eileen_collins.jpg"
 
 
-def _sample_photo() -> Path | None:
-    """insightface's bundled group photo, when that optional package is installed."""
-    spec = importlib.util.find_spec("insightface")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    photo = Path(next(iter(spec.submodule_search_locations))) / "data" / "images" / "t1.jpg"
-    return photo if photo.is_file() else None
+def _official_detector(insightface_root: str) -> tuple[str, str]:
+    """insightface when it and the buffalo_l pack are there (the official detector), else mtcnn; and why."""
+    if importlib.util.find_spec("insightface") is None:
+        return "mtcnn", "insightface is not installed (pip install insightface for the official detector)"
+    from uniid_core.errors import FaceDetectionError
+    from uniid_core.face.insightface_backend import check_model_folder
+
+    try:
+        check_model_folder(insightface_root, "buffalo_l")
+    except FaceDetectionError as exc:
+        return "mtcnn", f"the official buffalo_l pack is not usable: {exc}"
+    return "insightface", "insightface buffalo_l at det size 320, as the official code"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,9 +41,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base", default=os.environ.get("UNIID_BASE"), help="diffusers SDXL folder")
     parser.add_argument("--uniid", default=os.environ.get("UNIID_WEIGHTS"), help="UniID weights")
     parser.add_argument("--face-net", default=os.environ.get("UNIID_FACE_NET"), help="IResNet-100 backbone")
-    parser.add_argument("--ref", nargs="+", help="reference photo(s) of one person")
+    parser.add_argument(
+        "--ref", nargs="+", help=f"reference photo(s) of one person (default: {SAMPLE_PHOTO.name})"
+    )
     parser.add_argument("--prompt", default="a photo of a <class word>, portrait, natural light")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), insightface or pre-aligned")
+    parser.add_argument(
+        "--detector",
+        default=None,
+        help="insightface, mtcnn or pre-aligned (default with your files: insightface when it and buffalo_l "
+        "are installed, else mtcnn; mtcnn with stand-in weights)",
+    )
+    parser.add_argument(
+        "--insightface-root",
+        default=os.environ.get("UNIID_INSIGHTFACE_ROOT", "~/.insightface"),
+        help="folder holding models/buffalo_l/*.onnx",
+    )
     parser.add_argument("--out", default=str(REPO_ROOT / "quickstart-output"))
     parser.add_argument("--seed", default="42")
     return parser.parse_args(argv)
@@ -58,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     detector, refs = args.detector, args.ref
     if real:
         run = ["--base", args.base, "--uniid", args.uniid, "--face-net", args.face_net]
+        run += ["--insightface-root", args.insightface_root]
         settings = []
+        if detector is None:
+            detector, why = _official_detector(args.insightface_root)
+            print(f"Face detector: {detector} ({why}).")
     else:
         from standin_weights import build
 
@@ -69,15 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         run = ["--base", str(paths["base"]), "--uniid", str(paths["uniid"])]
         run += ["--face-net", str(paths["face_net"])]
         settings = ["--steps", "4", "--width", "64", "--height", "64", "--device", "cpu", "--dtype", "fp32"]
-        if not refs:
-            photo = _sample_photo()
-            if photo is None:
-                refs, detector = [str(paths["aligned_face"])], "pre-aligned"
-            else:
-                refs = [str(photo)]
+        detector = detector or "mtcnn"
     if not refs:
-        print("Give a reference photo with --ref PHOTO.")
-        return 2
+        refs = [str(SAMPLE_PHOTO)]
+        source = SAMPLE_PHOTO.parent.relative_to(REPO_ROOT) / "SOURCE.md"
+        print(f"Reference photo: {SAMPLE_PHOTO.relative_to(REPO_ROOT)} (a NASA photo in the public domain, "
+              f"see {source}), detected and aligned with {detector}.")
     out = Path(args.out) / ("real" if real else "standin")
     written = generate([*run, "--ref", *refs, "--prompt", args.prompt, "--detector", detector,
                         "--seed", args.seed, "--out", str(out), *settings])
@@ -85,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(f"wrote {path}")
     if real:
-        print("Made with your model files and the official settings (30 steps, CFG 7.5, merge step 5).")
+        print("Made with your model files and the official settings (30 steps, CFG 7.5, merge step 5,\n"
+              "seed 42, official celebrity names); every setting is in the PNG's 'uniid' text chunk.")
     else:
         print("THIS IMAGE COMES FROM RANDOM STAND-IN WEIGHTS (noise by design). It shows that face\n"
               "detection, identity encoding and UniID sampling ran end to end. For a real portrait:\n"
-              "  bash scripts/quickstart.sh --base SDXL_DIFFUSERS_DIR --uniid UNIID.safetensors "
-              "--face-net glint360k_r100.pth --ref PHOTO")
+              "  bash scripts/quickstart.sh --base SDXL_DIFFUSERS_DIR --uniid RELEASE_FOLDER "
+              "--face-net FACE_NET_FILE --ref PHOTO")
     print(BANNER)
     return 0
 

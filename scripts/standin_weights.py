@@ -122,26 +122,12 @@ def _face_net(out: Path) -> None:
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
 
 
-def _aligned_face(out: Path) -> None:
-    """A 112x112 drawing placed like an ArcFace crop (eyes, nose, mouth), for the pre-aligned detector."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (112, 112), (70, 60, 55))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((18, 8, 94, 110), fill=(214, 176, 150))
-    for x, y in ((38, 52), (74, 52)):
-        draw.ellipse((x - 7, y - 4, x + 7, y + 4), fill=(40, 30, 30))
-    draw.polygon([(56, 58), (51, 74), (61, 74)], fill=(190, 140, 120))
-    draw.arc((40, 78, 72, 98), 20, 160, fill=(120, 50, 50), width=3)
-    image.save(out)
-
-
 def build(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     """Create (or reuse) the stand-in files under out_dir; returns their paths by role."""
     out_dir = Path(out_dir)
     paths = {
         "base": out_dir / "sdxl_tiny", "uniid": out_dir / "uniid_standin.safetensors",
-        "face_net": out_dir / "face_net_standin.safetensors", "aligned_face": out_dir / "aligned_face.png",
+        "face_net": out_dir / "face_net_standin.safetensors",
     }
     if (out_dir / MARKER).is_file() and all(p.exists() for p in paths.values()):
         return paths
@@ -151,7 +137,6 @@ def build(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     _tiny_sdxl(paths["base"], write_tokenizer_files(out_dir / "tokenizer_src"))
     _uniid(paths["uniid"], paths["base"])
     _face_net(paths["face_net"])
-    _aligned_face(paths["aligned_face"])
     (out_dir / MARKER).write_text("Random stand-in weights (scripts/standin_weights.py), not a real model.\n")
     return paths
 

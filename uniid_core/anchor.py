@@ -19,7 +19,12 @@ from torch import Tensor
 
 from .errors import UniIDError
 
-DEFAULT_NAMES_PATH = Path(__file__).resolve().parent / "data" / "celebrity_names.txt"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+OFFICIAL_NAMES_PATH = DATA_DIR / "wiki_names_v2.txt"
+PROJECT_NAMES_PATH = DATA_DIR / "celebrity_names.txt"
+DEFAULT_NAMES_PATH = OFFICIAL_NAMES_PATH
+BUILTIN_NAMES = {"official": OFFICIAL_NAMES_PATH, "uniid_project": PROJECT_NAMES_PATH}
+"""Names lists shipped with the project: the official one (default) and the project's own."""
 CONTEXT_LENGTH = 77
 
 
@@ -126,16 +131,33 @@ def compute_anchor(towers: Sequence[AnchorTower], names: list[str], num_tokens: 
     return TextAnchor(norms_l=norms[0], norms_g=norms[1], widths=widths)
 
 
+def names_path(choice: str | Path | None = None) -> Path:
+    """The file behind a names choice: None or "official", "uniid_project", or a path to a UTF-8 file."""
+    if choice is None:
+        return DEFAULT_NAMES_PATH
+    if isinstance(choice, str) and choice in BUILTIN_NAMES:
+        return BUILTIN_NAMES[choice]
+    return Path(choice).expanduser()
+
+
 def load_names(path: str | Path | None = None) -> list[str]:
-    """Names from a UTF-8 file, one per line (blank lines and '#' comments ignored); default: ours."""
-    source = Path(path) if path is not None else DEFAULT_NAMES_PATH
+    """Names from a UTF-8 file, one per line (blank lines and '#' comments ignored); default: official."""
+    source = names_path(path)
     if not source.is_file():
-        raise UniIDError(f"celebrity names file not found: {source} (one name per line, UTF-8)")
+        raise UniIDError(
+            f"celebrity names file not found: {source} (give a UTF-8 file with one name per line, or one "
+            f"of the built-in lists: {', '.join(BUILTIN_NAMES)})"
+        )
     lines = source.read_text(encoding="utf-8").splitlines()
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise UniIDError(f"celebrity names file {source} holds no names")
     return names
+
+
+def names_digest(names: Sequence[str]) -> str:
+    """Short sha256 of a names list (as used for the anchor), to record which list made an image."""
+    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16]
 
 
 def _text_transformer(text_encoder: Any) -> Any:
@@ -223,8 +245,7 @@ class AnchorCache:
             fingerprint = weights_fingerprint(
                 [getattr(tower, "text_encoder", tower.token_embedding) for tower in towers]
             )
-        names_key = hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()[:16]
-        key = (fingerprint, names_key, int(num_tokens))
+        key = (fingerprint, names_digest(names), int(num_tokens))
         cached = self._store.get(key)
         if cached is None:
             cached = self._store[key] = compute_anchor(towers, names, num_tokens)

@@ -322,29 +322,6 @@ def _branch_file(path: Path) -> Path:
     raise CheckpointError(f"{path}: no such file or folder")
 
 
-def _find_sources(folder: Path) -> list[Path]:
-    """Weights files a folder stands for: its own official file, its single .safetensors, or subfolders'."""
-    for name in OFFICIAL_FILES:
-        if (folder / name).is_file():
-            return [folder / name]
-    singles = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if len(singles) == 1:
-        return singles
-    subs = [
-        sub / name for sub in sorted(p for p in folder.iterdir() if p.is_dir())
-        for name in OFFICIAL_FILES[:1] if (sub / name).is_file()
-    ]
-    if subs:
-        return subs
-    if singles:
-        names = _brief(p.name for p in singles)
-        raise CheckpointError(f"{folder} holds several .safetensors files ({names}); pass the one to load")
-    raise CheckpointError(
-        f"{folder}: no UniID weights found (expected pytorch_model.bin, one .safetensors file, or "
-        "text_branch_ckpt/ and adapter_ckpt/ style subfolders holding pytorch_model.bin)"
-    )
-
-
 def _merge(parts: list[tuple[Path, dict[str, Tensor], str | None]]) -> dict[str, Tensor]:
     """Combine branch files; ``wanted`` keeps only that branch's keys (other leftovers get reported)."""
     merged: dict[str, Tensor] = {}
@@ -390,9 +367,18 @@ def load_official(
 def load_uniid(
     path: str | os.PathLike, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> UniIDModel:
-    """Any UniID weights: the single .safetensors, an official branch folder or .bin, or a parent folder."""
+    """Any UniID weights: the single .safetensors, a branch file, or a release folder of any shape.
+
+    A folder is searched up to three levels down and each file is recognised by its tensor names
+    (see uniid_core.release); a branch found twice is an error that lists what was found.
+    """
     path = Path(path)
-    files = _find_sources(path) if path.is_dir() else [path]
+    if path.is_dir():
+        from .release import scan_release
+
+        files = scan_release(path).branch_files()
+    else:
+        files = [path]
     parts = []
     fingerprint = None
     family = "sdxl"

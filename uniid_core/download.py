@@ -1,12 +1,13 @@
 """Fetch the model files UniID uses into a ComfyUI models folder, verified and written atomically.
 
-Run by hand only (`python -m uniid_core.download --comfyui PATH`); nothing imports or calls it implicitly.
+The official UniID release comes from the Hugging Face Hub (``pangly/UniID``, see uniid_core.hub_release);
+the insightface detector packs and SDXL base from their public URLs. Run by hand only
+(`python -m uniid_core.download --comfyui PATH`); nothing imports or calls it implicitly.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -18,14 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uniid_core.errors import CheckpointError
+from uniid_core.hub_release import (
+    CHUNK,
+    RELEASE_REPO,
+    RELEASE_URL,
+    Hub,
+    HubUnavailable,
+    HuggingFaceHub,
+    describe_plan,
+    fetch_release,
+    manual_hint,
+    offline_by_environment,
+    plan_release,
+    sha256_of,
+)
+from uniid_core.release import KIND_FACE_NET, holds_uniid, scan_release
 
 INSIGHTFACE_RELEASES = (
     "https://github.com/deepinsight/insightface/releases/download/v0.7/",
     "https://github.com/deepinsight/insightface/releases/download/model-zoo/",
 )
 ARCFACE_MODEL_ZOO = "https://github.com/deepinsight/insightface/tree/master/recognition/arcface_torch"
-OFFICIAL_UNIID = "https://github.com/lyuPang/UniID"
-CHUNK = 1 << 20
+RELEASE_FOLDER = "UniID"
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,7 @@ class ModelFile:
     folder: str
     target: str
     kind: str = "file"
+    """"file", "zip_dir" (an archive unpacked into a folder) or "hf_repo" (the Hub release folder)."""
     urls: tuple[str, ...] = ()
     sha256: str | None = None
     size: int | None = None
@@ -45,24 +61,17 @@ class ModelFile:
     default: bool = True
 
     def destination(self, models_dir: Path) -> Path:
-        """The final file (kind "file") or folder (kind "zip_dir") under models_dir."""
+        """The final file (kind "file") or folder (kinds "zip_dir", "hf_repo") under models_dir."""
         return models_dir / self.folder / self.target
 
 
 MANIFEST: tuple[ModelFile, ...] = (
     ModelFile(
         name="uniid",
-        description="UniID weights (text branch + adapter branch) for SDXL",
+        description=f"official UniID release (text branch, adapter branch, face net) from {RELEASE_URL}",
         folder="uniid",
-        target="uniid_sdxl.safetensors",
-        manual=(
-            f"The UniID authors have not published weights yet ({OFFICIAL_UNIID}: 'Release the model "
-            "weight' is still open). Train them with the trainer in training/, or convert official "
-            "checkpoint folders with `python -m uniid_core.convert --text TEXT_DIR --adapter ADAPTER_DIR "
-            "--out ComfyUI/models/uniid/uniid_sdxl.safetensors`. Official folders (text_branch_ckpt/, "
-            "adapter_ckpt/ with pytorch_model.bin) can also be placed in ComfyUI/models/uniid/ as they are. "
-            "Once a URL exists, fetch it here with `--url uniid=URL`."
-        ),
+        target=RELEASE_FOLDER,
+        kind="hf_repo",
     ),
     ModelFile(
         name="face_net",
@@ -70,8 +79,9 @@ MANIFEST: tuple[ModelFile, ...] = (
         folder="uniid",
         target="glint360k_r100.pth",
         manual=(
-            f"Download the Glint360K r100 `backbone.pth` from the insightface arcface_torch model zoo "
-            f"({ARCFACE_MODEL_ZOO}, links are on OneDrive/Baidu) and save it as "
+            "The UniID release provides it: it lands in the release folder and the loaders find it there. "
+            f"Without it, download the Glint360K r100 `backbone.pth` from the insightface arcface_torch "
+            f"model zoo ({ARCFACE_MODEL_ZOO}, links are on OneDrive/Baidu) and save it as "
             "ComfyUI/models/uniid/glint360k_r100.pth (or pass `--url face_net=URL`)."
         ),
     ),
@@ -122,15 +132,6 @@ def fetch_url(url: str, dest: Path) -> None:
             if total:
                 print(f"\r  {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
         print()
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_download(entry: ModelFile, path: Path) -> None:
@@ -206,6 +207,12 @@ def _extract_pack(entry: ModelFile, archive: Path, dest: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _release_face_nets(models_dir: Path) -> list[Path]:
+    """Face nets inside the release folder (recognised by their keys)."""
+    release = next(e for e in MANIFEST if e.kind == "hf_repo").destination(models_dir)
+    return scan_release(release).of(KIND_FACE_NET) if release.is_dir() else []
+
+
 def is_present(entry: ModelFile, models_dir: Path) -> bool:
     """Whether the entry's file or folder (with its expected members) is already in place."""
     dest = entry.destination(models_dir)
@@ -241,7 +248,7 @@ def install(entry: ModelFile, models_dir: Path, urls: Sequence[str], fetch: Fetc
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
-    known = {entry.name for entry in MANIFEST}
+    known = {entry.name for entry in MANIFEST if entry.kind != "hf_repo"}
     out = {}
     for pair in pairs:
         name, sep, url = pair.partition("=")
@@ -251,17 +258,86 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def run(comfyui: Path, only: Sequence[str] = (), overrides: dict[str, str] | None = None,
-        force: bool = False, fetch: Fetcher | None = None) -> int:
-    """Fetch the selected entries into comfyui/models; print what is where; 0 when all are in place."""
+@dataclass
+class ReleaseSource:
+    """Where the UniID release comes from and goes to."""
+
+    hub: Hub
+    repo: str = RELEASE_REPO
+    revision: str = "main"
+    dest: Path | None = None
+
+
+def install_release(entry: ModelFile, dest: Path, source: ReleaseSource, dry_run: bool, force: bool) -> bool:
+    """List, plan, fetch and verify the Hub release into dest; False when the Hub is out of reach.
+
+    Out of reach with a release already in dest, that release is reported and kept (True).
+    """
+    try:
+        if offline_by_environment():
+            raise HubUnavailable("HF_HUB_OFFLINE is set")
+        plan = plan_release(source.hub.list_files(source.repo, source.revision))
+    except HubUnavailable as exc:
+        if dest.is_dir() and holds_uniid(dest):
+            print(f"{entry.name}: in place at {dest} (not compared with the Hub: {exc})")
+            return True
+        print(f"{entry.name}: {manual_hint(dest)} ({exc})")
+        return False
+    if not plan.fetch:
+        raise CheckpointError(f"{source.repo}@{source.revision} lists no files to fetch")
+    print(f"{entry.name}: {entry.description}\n  {len(plan.fetch)} files -> {dest}")
+    if dry_run:
+        print("\n".join(describe_plan(plan, dest)))
+        return True
+    try:
+        fetch_release(source.hub, plan, dest, source.repo, source.revision, force)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{entry.name}: download interrupted ({exc}); run the same command again to resume"
+        ) from exc
+    contents = scan_release(dest)
+    contents.branch_files()
+    print(f"{entry.name}: OK, verified at {dest}\n  found {contents.listing()}")
+    return True
+
+
+def run(
+    comfyui: Path | None,
+    only: Sequence[str] = (),
+    overrides: dict[str, str] | None = None,
+    force: bool = False,
+    fetch: Fetcher | None = None,
+    dry_run: bool = False,
+    release: ReleaseSource | None = None,
+) -> int:
+    """Fetch the selected entries into comfyui/models; print what is where; 0 when all are in place.
+
+    ``release`` says where the Hub release comes from and (its ``dest``) where it goes; without a
+    ComfyUI folder only the release is fetched, to ``release.dest``.
+    """
     overrides = overrides or {}
-    models_dir = comfyui / "models"
-    if not models_dir.is_dir():
+    release = release or ReleaseSource(hub=HuggingFaceHub())
+    models_dir = comfyui / "models" if comfyui is not None else None
+    if models_dir is not None and not models_dir.is_dir():
         raise SystemExit(f"{models_dir} does not exist: --comfyui must point at your ComfyUI folder")
     selected = [e for e in MANIFEST if (e.name in only if only else e.default or e.name in overrides)]
+    if models_dir is None:
+        selected = [e for e in selected if e.kind == "hf_repo"]
     missing = 0
     for entry in selected:
+        if entry.kind == "hf_repo":
+            dest = release.dest or entry.destination(models_dir)
+            try:
+                missing += not install_release(entry, dest, release, dry_run, force)
+            except CheckpointError as exc:
+                print(f"ERROR {exc}", file=sys.stderr)
+                missing += 1
+            continue
         dest = entry.destination(models_dir)
+        inside = _release_face_nets(models_dir) if entry.name == "face_net" else []
+        if inside:
+            print(f"{entry.name}: provided by the release, at {inside[0]}")
+            continue
         if is_present(entry, models_dir) and not force:
             print(f"{entry.name}: already in place at {dest}")
             continue
@@ -270,6 +346,9 @@ def run(comfyui: Path, only: Sequence[str] = (), overrides: dict[str, str] | Non
             print(f"{entry.name}: {entry.description}\n  cannot be downloaded automatically; it goes to "
                   f"{dest}\n  {entry.manual}")
             missing += 1
+            continue
+        if dry_run:
+            print(f"{entry.name}: would download {urls[0]}\n  -> {dest}")
             continue
         try:
             install(entry, models_dir, urls, fetch)
@@ -284,29 +363,41 @@ def describe(models_dir: str = "ComfyUI/models") -> str:
     """The model layout as text: one line per manifest entry saying which file goes where."""
     lines = []
     for entry in MANIFEST:
-        place = f"{models_dir}/{entry.folder}/{entry.target}" + ("/" if entry.kind == "zip_dir" else "")
+        folder_like = entry.kind in ("zip_dir", "hf_repo")
+        place = f"{models_dir}/{entry.folder}/{entry.target}" + ("/" if folder_like else "")
         optional = "" if entry.default else ", optional"
         lines.append(f"{entry.name:11s} {place}  ({entry.description}{optional})")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
+def main(argv: Sequence[str] | None = None, hub: Hub | None = None) -> int:
+    """Command line entry point (``hub`` replaces the Hugging Face Hub, for tests)."""
     parser = argparse.ArgumentParser(prog="python -m uniid_core.download", description=__doc__)
     parser.add_argument("--comfyui", type=Path, help="your ComfyUI folder (the one holding models/)")
+    parser.add_argument(
+        "--dest", type=Path, default=None,
+        help=f"folder for the UniID release (default: COMFYUI/models/uniid/{RELEASE_FOLDER}); "
+        "without --comfyui only the release is fetched",
+    )
     parser.add_argument("--only", nargs="+", default=(), choices=[e.name for e in MANIFEST],
                         help="fetch only these entries (default: every non-optional one)")
     parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
                         help="download NAME from URL instead of the manifest's sources")
+    parser.add_argument("--repo", default=RELEASE_REPO, help="Hugging Face repository of the release")
+    parser.add_argument("--revision", default="main", help="branch, tag or commit of the release repository")
     parser.add_argument("--force", action="store_true", help="download again even if already in place")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be fetched and where")
     parser.add_argument("--list", action="store_true", help="print the model layout and exit")
     args = parser.parse_args(argv)
     if args.list:
         print(describe())
         return 0
-    if args.comfyui is None:
-        parser.error("--comfyui PATH is required (or use --list)")
-    return run(args.comfyui, args.only, _parse_overrides(args.url), args.force)
+    if args.comfyui is None and args.dest is None:
+        parser.error("--comfyui PATH (or --dest DIR for the release alone) is required, or use --list")
+    hub = hub or HuggingFaceHub()
+    release = ReleaseSource(hub=hub, repo=args.repo, revision=args.revision, dest=args.dest)
+    return run(args.comfyui, args.only, _parse_overrides(args.url), args.force, dry_run=args.dry_run,
+               release=release)
 
 
 if __name__ == "__main__":

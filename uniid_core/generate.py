@@ -1,25 +1,29 @@
 """Generate UniID images without ComfyUI: `python -m uniid_core.generate --base SDXL --uniid FILE ...`.
 
 Official defaults: 30 steps, CFG 7.5, merge step 5 (text x0.5 -> x1.8, adapter 0.8 -> 1.2), normalized
-adapter rescaling, 1024x1024, the official negative prompt. PNGs carry every setting in their metadata.
+adapter rescaling, 1024x1024, the official negative prompt, seed 42, insightface buffalo_l at det size 320,
+the official celebrity names for the text anchor. PNGs carry every setting in their metadata.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 import torch
 
+from .anchor import BUILTIN_NAMES, load_names, names_digest, names_path
+from .face.detect import make_detector
 from .face.image import load_image
+from .face.insightface_backend import DEFAULT_DET_SIZE
 from .face.pipeline import prepare_faces
 from .pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
 from .schedule import MergeSchedule
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OFFICIAL_SEED = 42
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,10 +50,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=None, help="random when omitted (written to the PNG)")
+    parser.add_argument("--seed", type=int, default=OFFICIAL_SEED, help="noise seed (official: 42)")
     parser.add_argument("--num-images", type=int, default=1)
     parser.add_argument("--detector", default="insightface", help="insightface, mtcnn or pre-aligned")
-    parser.add_argument("--select", default="largest", help="largest, score, or a face index (left to right)")
+    parser.add_argument(
+        "--det-size",
+        type=int,
+        default=DEFAULT_DET_SIZE,
+        help="insightface detection size (official 320; others are tried only when no face is found)",
+    )
+    parser.add_argument(
+        "--insightface-model", default="buffalo_l", help="insightface pack (official buffalo_l)"
+    )
+    parser.add_argument(
+        "--insightface-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx"
+    )
+    parser.add_argument(
+        "--select",
+        default="largest",
+        help="largest, score (the most confident face, as the official code) or a face index from the left",
+    )
+    parser.add_argument(
+        "--celeb-names",
+        default="official",
+        help=f"names for the text-token anchor: {' or '.join(BUILTIN_NAMES)}, or a file with one per line",
+    )
     parser.add_argument("--class-word", default=None, help="override the detected man/woman")
     parser.add_argument("--combine", default="mean_features", choices=("mean_features", "mean_tokens"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -68,12 +93,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if args.dtype
         else (torch.float16 if args.device.startswith("cuda") else torch.float32)
     )
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
     select: str | int = int(args.select) if args.select.lstrip("-").isdigit() else args.select
+    names = load_names(args.celeb_names)
+    insightface = args.detector == "insightface"
+    options = {"root": args.insightface_root, "name": args.insightface_model, "det_size": args.det_size}
     faces = prepare_faces(
-        [load_image(p) for p in args.ref], args.detector, select=select, class_word=args.class_word
+        [load_image(p) for p in args.ref],
+        make_detector(args.detector, **(options if insightface else {})),
+        select=select,
+        class_word=args.class_word,
     )
-    pipeline = UniIDPipeline.from_pretrained(args.base, args.uniid, args.face_net, args.device, dtype)
+    pipeline = UniIDPipeline.from_pretrained(
+        args.base, args.uniid, args.face_net, args.device, dtype, names=names
+    )
     identity = pipeline.encode_identity(faces.tensor, faces.class_word, args.combine)
     schedule = MergeSchedule(
         args.merge_step, args.text_before, args.text_after, args.adapter_before, args.adapter_after
@@ -85,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         guidance_scale=args.cfg,
         height=args.height,
         width=args.width,
-        seed=seed,
+        seed=args.seed,
         num_images=args.num_images,
         schedule=schedule,
         rescale=args.rescale,
@@ -104,13 +136,24 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "rescale": args.rescale,
         "width": args.width,
         "height": args.height,
-        "seed": seed,
+        "seed": args.seed,
         "class_word": faces.class_word,
         "references": [str(p) for p in args.ref],
+        "detector": args.detector,
+        **({"insightface_model": args.insightface_model, "det_size": args.det_size} if insightface else {}),
+        "face_select": args.select,
+        "face_boxes": [[round(v, 1) for v in face.box] for face in faces.faces],
+        "combine": args.combine,
         "base": args.base,
         "uniid": args.uniid,
         "uniid_fingerprint": pipeline.model.fingerprint,
+        "face_net": args.face_net,
+        "celeb_names": args.celeb_names
+        if args.celeb_names in BUILTIN_NAMES
+        else str(names_path(args.celeb_names)),
+        "celeb_names_sha256": names_digest(names),
         "scheduler": type(pipeline.sdxl.scheduler).__name__,
+        "noise_device": pipeline.device.type,
         "dtype": str(dtype).removeprefix("torch."),
     }
     return write_pngs(images, Path(args.out), record)

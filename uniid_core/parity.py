@@ -4,6 +4,10 @@
 writes them in the official on-disk layout, loads them through this project's loaders, recomputes every
 stage from that stage's recorded inputs (plus a free-running end-to-end run from the face image and the
 prompt) and prints one line per stage. Exit status 1 when any stage is outside its tolerance.
+
+Golden files written with several images per prompt (prompt-stage tensors repeated once per image) are
+compared repeat by repeat; sigmas may differ from the official environment's by one float32 ulp; a stage
+whose tensors a golden file lacks is reported as skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +41,30 @@ from .splice import splice_text_tokens
 STAGE_TOL = (5e-5, 1e-5)
 END_TO_END_TOL = (5e-4, 1e-5)
 EXACT = (0.0, 0.0)
+SIGMA_ULPS = 1
+PER_PROMPT_KEYS = (
+    "face_input_normalized",
+    "face_embedding",
+    *(f"face_hidden_state_{i}" for i in range(4)),
+    "text_branch_raw_1",
+    "text_branch_raw_2",
+    "adapter_tokens_cond",
+    "adapter_tokens_uncond",
+    "text_branch_rescaled",
+    "prompt_input_ids_1",
+    "prompt_input_ids_2",
+    "negative_prompt_input_ids_1",
+    "negative_prompt_input_ids_2",
+    "encode_prompt_prompt_embeds",
+    "encode_prompt_negative_prompt_embeds",
+    "encode_prompt_pooled_prompt_embeds",
+    "encode_prompt_negative_pooled_prompt_embeds",
+    "pipe_in_prompt_embeds",
+    "pipe_in_negative_prompt_embeds",
+    "pipe_in_pooled_prompt_embeds",
+    "pipe_in_negative_pooled_prompt_embeds",
+)
+"""Prompt-stage tensors: the official pipeline repeats them once per image when it makes several."""
 PAD_IDS = (49407, 0)
 ANCHOR_LABELS = {
     "celeb_col_mean": "anchor name-token column means",
@@ -46,7 +75,7 @@ ANCHOR_LABELS = {
 
 @dataclass
 class StageResult:
-    """Outcome of one compared stage."""
+    """Outcome of one compared stage (``skipped`` when the golden file lacks its tensors)."""
 
     case: str
     name: str
@@ -55,17 +84,40 @@ class StageResult:
     rtol: float
     passed: bool
     exact: bool = False
+    ulps: int = 0
+    skipped: str = ""
 
     def line(self) -> str:
-        """One printable line: case, stage, max abs diff, tolerance, PASS/FAIL."""
-        tol = "exact" if self.exact else f"atol {self.atol:.0e} rtol {self.rtol:.0e}"
+        """One printable line: case, stage, max abs diff, tolerance, PASS/FAIL/SKIP."""
+        if self.skipped:
+            return f"{self.case:<8} {self.name:<44} SKIP (the golden file lacks {self.skipped})"
+        if self.exact:
+            tol = "exact"
+        elif self.ulps:
+            tol = f"within {self.ulps} float32 ulp"
+        else:
+            tol = f"atol {self.atol:.0e} rtol {self.rtol:.0e}"
         verdict = "PASS" if self.passed else "FAIL"
         return f"{self.case:<8} {self.name:<44} max|diff| {self.max_abs:10.3e}   {tol:<22} {verdict}"
 
 
-def compare(case: str, name: str, got: Tensor, ref: Tensor, tol: tuple[float, float]) -> StageResult:
-    """Elementwise |got - ref| <= atol + rtol * |ref| (assert_close semantics); exact when tol is (0, 0)."""
+def _repeat_to(got: Tensor, ref: Tensor, name: str) -> tuple[Tensor, str]:
+    """A one-row result broadcast over the golden tensor's per-image repeats (compares every repeat)."""
+    if got.dim() and ref.dim() and got.shape[0] == 1 < ref.shape[0] and got.shape[1:] == ref.shape[1:]:
+        return got.expand_as(ref), f"{name} (x{ref.shape[0]} images)"
+    return got, name
+
+
+def compare(
+    case: str, name: str, got: Tensor, ref: Tensor, tol: tuple[float, float], repeats: bool = False
+) -> StageResult:
+    """Elementwise |got - ref| <= atol + rtol * |ref| (assert_close semantics); exact when tol is (0, 0).
+
+    With ``repeats`` a one-row ``got`` is checked against every per-image repeat of ``ref``.
+    """
     exact = tol == EXACT
+    if repeats:
+        got, name = _repeat_to(got, ref, name)
     if tuple(got.shape) != tuple(ref.shape):
         return StageResult(
             case,
@@ -82,6 +134,65 @@ def compare(case: str, name: str, got: Tensor, ref: Tensor, tol: tuple[float, fl
     finite = bool(torch.isfinite(got64).all())
     passed = finite and bool((diff <= tol[0] + tol[1] * ref64.abs()).all())
     return StageResult(case, name, max_abs if finite else float("nan"), tol[0], tol[1], passed, exact)
+
+
+def compare_ulps(case: str, name: str, got: Tensor, ref: Tensor, ulps: int = SIGMA_ULPS) -> StageResult:
+    """|got - ref| within ``ulps`` float32 units in the last place of ref (sigmas of another diffusers)."""
+    if tuple(got.shape) != tuple(ref.shape):
+        return StageResult(
+            case,
+            f"{name} (shape {tuple(got.shape)} vs {tuple(ref.shape)})",
+            float("inf"),
+            0,
+            0,
+            False,
+            ulps=ulps,
+        )
+    ref32 = ref.detach().float().cpu()
+    up = torch.nextafter(ref32, torch.full_like(ref32, float("inf"))) - ref32
+    down = ref32 - torch.nextafter(ref32, torch.full_like(ref32, float("-inf")))
+    spacing = torch.maximum(up, down).double()
+    diff = (got.detach().double().cpu() - ref32.double()).abs()
+    passed = bool(torch.isfinite(diff).all()) and bool((diff <= ulps * spacing).all())
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    return StageResult(case, name, max_abs, 0.0, 0.0, passed, ulps=ulps)
+
+
+class MissingGolden(KeyError):
+    """A tensor the golden file does not hold."""
+
+
+class GoldenCase:
+    """One golden file: references as recorded, and inputs with per-image repeats reduced to one row."""
+
+    def __init__(self, path: Path) -> None:
+        self.tensors = load_file(str(path))
+        self.repeats: dict[str, int] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    def ref(self, key: str) -> Tensor:
+        """The tensor as recorded."""
+        if key not in self.tensors:
+            raise MissingGolden(key)
+        return self.tensors[key]
+
+    def input(self, key: str) -> Tensor:
+        """The tensor as an input: a prompt-stage tensor repeated per image gives its first row."""
+        value = self.ref(key)
+        if key in PER_PROMPT_KEYS and value.dim() and value.shape[0] > 1:
+            return value[:1]
+        return value
+
+
+def _batch(golden: GoldenCase) -> int:
+    """Images sampled per prompt: the batch of the recorded initial latents (or of the final ones)."""
+    for key in ("initial_latents", "final_latents", "step_latents_after"):
+        if key in golden:
+            value = golden.ref(key)
+            return int(value.shape[1] if key == "step_latents_after" else value.shape[0])
+    return 1
 
 
 def _import_make_weights(golden_dir: Path) -> ModuleType:
@@ -204,10 +315,11 @@ def _encode(models: LoadedModels, ids_1: Tensor, ids_2: Tensor) -> tuple[Tensor,
     return torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
 
 
-def _features(g: dict[str, Tensor]) -> Any:
+def _features(golden: GoldenCase) -> Any:
     from .models.iresnet import FaceFeatures
 
-    return FaceFeatures(g["face_embedding"], tuple(g[f"face_hidden_state_{i}"] for i in range(4)))
+    hidden = tuple(golden.input(f"face_hidden_state_{i}") for i in range(4))
+    return FaceFeatures(golden.input("face_embedding"), hidden)
 
 
 def compute_anchor_parts(models: LoadedModels, names: list[str], num_tokens: int) -> dict[str, Tensor]:
@@ -257,44 +369,85 @@ def _guided(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
     return uncond + scale * (cond - uncond)
 
 
+class CaseChecker:
+    """Collects the results of one case; a missing reference or input skips the stage, not the run."""
+
+    def __init__(self, name: str, golden: GoldenCase) -> None:
+        self.name = name
+        self.golden = golden
+        self.results: list[StageResult] = []
+
+    def check(
+        self, stage: str, got: Tensor, key: str, tol: tuple[float, float] = STAGE_TOL, repeats: bool = False
+    ) -> None:
+        """Compare ``got`` with the recorded ``key`` (skipped when the file lacks it)."""
+        if key not in self.golden:
+            self.skip(stage, key)
+            return
+        self.results.append(compare(self.name, stage, got, self.golden.ref(key), tol, repeats))
+
+    def check_ulps(self, stage: str, got: Tensor, key: str) -> None:
+        """Compare within SIGMA_ULPS float32 ulps (skipped when the file lacks the key)."""
+        if key not in self.golden:
+            self.skip(stage, key)
+            return
+        self.results.append(compare_ulps(self.name, stage, got, self.golden.ref(key)))
+
+    def skip(self, stage: str, key: str) -> None:
+        """Record a stage the golden file cannot check."""
+        self.results.append(StageResult(self.name, stage, float("nan"), 0.0, 0.0, True, skipped=key))
+
+    @contextmanager
+    def stages(self, label: str) -> Iterator[None]:
+        """Run a group of stages; if an input tensor is missing the rest of the group is skipped."""
+        try:
+            yield
+        except MissingGolden as missing:
+            self.skip(f"{label} (rest of the group)", missing.args[0])
+
+
 def _run_case(
     models: LoadedModels, anchor_parts: dict[str, Tensor], anchor: TextAnchor, path: Path, face_path: Path
 ) -> list[StageResult]:
     case = _case_params(path)
-    name = case["name"]
-    g = load_file(str(path))
-    results: list[StageResult] = []
-
-    def check(stage: str, got: Tensor, ref_key: str, tol: tuple[float, float] = STAGE_TOL) -> None:
-        results.append(compare(name, stage, got, g[ref_key], tol))
-
+    g = GoldenCase(path)
+    c = CaseChecker(case["name"], g)
     uniid = models.uniid
     width_l = uniid.config.text_widths[0]
     schedule = _schedule(case)
     guidance = float(case["prompt_guidance_scale"])
     rescale = "normalized" if case["normalize_adapter_output"] else "add"
     steps = int(case["num_inference_steps"])
+    batch = _batch(g)
 
-    rgb, face_input = _face_tensor(face_path)
-    check("face image uint8 RGB", rgb, "face_input_uint8_rgb_hwc", EXACT)
-    check("face preprocessing", face_input, "face_input_normalized")
-    features = models.face(g["face_input_normalized"])
-    check("face net embedding", features.embedding, "face_embedding")
-    for i, hidden in enumerate(features.hidden_states):
-        check(f"face net hidden state {i}", hidden, f"face_hidden_state_{i}")
+    with c.stages("face"):
+        rgb, face_input = _face_tensor(face_path)
+        c.check("face image uint8 RGB", rgb, "face_input_uint8_rgb_hwc", EXACT)
+        c.check("face preprocessing", face_input, "face_input_normalized", repeats=True)
+        features = models.face(g.input("face_input_normalized"))
+        c.check("face net embedding", features.embedding, "face_embedding", repeats=True)
+        for i, hidden in enumerate(features.hidden_states):
+            c.check(f"face net hidden state {i}", hidden, f"face_hidden_state_{i}", repeats=True)
 
-    recorded = _features(g)
-    raw, adapter_cond = models.branches(recorded)
-    check("text branch raw (tower 1)", raw[..., :width_l], "text_branch_raw_1")
-    check("text branch raw (tower 2)", raw[..., width_l:], "text_branch_raw_2")
-    check("adapter tokens cond", adapter_cond, "adapter_tokens_cond")
-    check("adapter tokens uncond (zero features)", uniid.negative_adapter_tokens(), "adapter_tokens_uncond")
+    with c.stages("branches"):
+        raw, adapter_cond = models.branches(_features(g))
+        c.check("text branch raw (tower 1)", raw[..., :width_l], "text_branch_raw_1", repeats=True)
+        c.check("text branch raw (tower 2)", raw[..., width_l:], "text_branch_raw_2", repeats=True)
+        c.check("adapter tokens cond", adapter_cond, "adapter_tokens_cond", repeats=True)
+        uncond = uniid.negative_adapter_tokens()
+        c.check("adapter tokens uncond (zero features)", uncond, "adapter_tokens_uncond", repeats=True)
 
     for key, value in anchor_parts.items():
         kind, tower = key.rsplit("_", 1)
-        check(f"{ANCHOR_LABELS[kind]} (tower {tower})", value, key)
-    recorded_raw = torch.cat([g["text_branch_raw_1"], g["text_branch_raw_2"]], dim=-1)
-    check("text tokens rescaled to anchor", anchor.rescale(recorded_raw), "text_branch_rescaled")
+        c.check(f"{ANCHOR_LABELS[kind]} (tower {tower})", value, key)
+    with c.stages("text tokens rescaled"):
+        recorded_raw = torch.cat([g.input("text_branch_raw_1"), g.input("text_branch_raw_2")], dim=-1)
+        c.check(
+            "text tokens rescaled to anchor",
+            anchor.rescale(recorded_raw),
+            "text_branch_rescaled",
+            repeats=True,
+        )
 
     ids = {
         "prompt_input_ids_1": _ids(models.tokenizer, case["prompt"]),
@@ -303,18 +456,18 @@ def _run_case(
         "negative_prompt_input_ids_2": _ids(models.tokenizer_2, case["negative_prompt"]),
     }
     for key, value in ids.items():
-        check(key.replace("_", " "), value, key, EXACT)
-    embeds, pooled = _encode(models, g["prompt_input_ids_1"], g["prompt_input_ids_2"])
-    neg_embeds, neg_pooled = _encode(
-        models, g["negative_prompt_input_ids_1"], g["negative_prompt_input_ids_2"]
-    )
-    check("encode prompt embeds", embeds, "encode_prompt_prompt_embeds")
-    check("encode prompt pooled", pooled, "encode_prompt_pooled_prompt_embeds")
-    check("encode negative embeds", neg_embeds, "encode_prompt_negative_prompt_embeds")
-    check("encode negative pooled", neg_pooled, "encode_prompt_negative_pooled_prompt_embeds")
-
-    batch = g["initial_latents"].shape[0]
-    tokens = g["text_branch_rescaled"]
+        c.check(key.replace("_", " "), value, key, EXACT, repeats=True)
+    with c.stages("prompt encoding"):
+        embeds, pooled = _encode(models, g.input("prompt_input_ids_1"), g.input("prompt_input_ids_2"))
+        neg_embeds, neg_pooled = _encode(
+            models, g.input("negative_prompt_input_ids_1"), g.input("negative_prompt_input_ids_2")
+        )
+        c.check("encode prompt embeds", embeds, "encode_prompt_prompt_embeds", repeats=True)
+        c.check("encode prompt pooled", pooled, "encode_prompt_pooled_prompt_embeds", repeats=True)
+        c.check("encode negative embeds", neg_embeds, "encode_prompt_negative_prompt_embeds", repeats=True)
+        c.check(
+            "encode negative pooled", neg_pooled, "encode_prompt_negative_pooled_prompt_embeds", repeats=True
+        )
 
     def prompt_context(e: Tensor, t: Tensor, adapter: Tensor, scale: float) -> Tensor:
         return torch.cat(
@@ -324,97 +477,132 @@ def _run_case(
     def negative_context(e: Tensor, adapter: Tensor) -> Tensor:
         return torch.cat([e.expand(batch, -1, -1), adapter.expand(batch, -1, -1)], dim=1)
 
-    cond_tokens, uncond_tokens = g["adapter_tokens_cond"], g["adapter_tokens_uncond"]
-    rec_embeds, rec_neg = g["encode_prompt_prompt_embeds"], g["encode_prompt_negative_prompt_embeds"]
-    check(
-        "spliced prompt embeds", prompt_context(rec_embeds, tokens, cond_tokens, 1.0), "pipe_in_prompt_embeds"
-    )
-    check(
-        "negative prompt embeds", negative_context(rec_neg, uncond_tokens), "pipe_in_negative_prompt_embeds"
-    )
-    check(
-        "pooled prompt embeds",
-        g["encode_prompt_pooled_prompt_embeds"].expand(batch, -1),
-        "pipe_in_pooled_prompt_embeds",
-    )
+    with c.stages("splice"):
+        tokens = g.input("text_branch_rescaled")
+        cond_tokens, uncond_tokens = g.input("adapter_tokens_cond"), g.input("adapter_tokens_uncond")
+        rec_embeds = g.input("encode_prompt_prompt_embeds")
+        spliced = prompt_context(rec_embeds, tokens, cond_tokens, 1.0)
+        c.check("spliced prompt embeds", spliced[:1], "pipe_in_prompt_embeds", repeats=True)
+        negative = negative_context(g.input("encode_prompt_negative_prompt_embeds"), uncond_tokens)
+        c.check("negative prompt embeds", negative[:1], "pipe_in_negative_prompt_embeds", repeats=True)
+        c.check(
+            "pooled prompt embeds",
+            g.input("encode_prompt_pooled_prompt_embeds"),
+            "pipe_in_pooled_prompt_embeds",
+            repeats=True,
+        )
     height, width = int(case["height"]), int(case["width"])
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(2 * batch, 1)
-    check("added time ids", time_ids, "add_time_ids", EXACT)
-    text_embeds = torch.cat([g["pipe_in_negative_pooled_prompt_embeds"], g["pipe_in_pooled_prompt_embeds"]])
-    check("added text embeds", text_embeds, "add_text_embeds", EXACT)
+    c.check("added time ids", time_ids, "add_time_ids", EXACT)
+    with c.stages("added text embeds"):
+        text_embeds = torch.cat(
+            [
+                g.input("pipe_in_negative_pooled_prompt_embeds").expand(batch, -1),
+                g.input("pipe_in_pooled_prompt_embeds").expand(batch, -1),
+            ]
+        )
+        c.check("added text embeds", text_embeds, "add_text_embeds", EXACT)
 
     scheduler = _scheduler(models)
     scheduler.set_timesteps(steps)
-    check("scheduler timesteps", scheduler.timesteps.float(), "timesteps", EXACT)
-    check("scheduler sigmas", scheduler.sigmas.float(), "sigmas", EXACT)
+    c.check("scheduler timesteps", scheduler.timesteps.float(), "timesteps", EXACT)
+    c.check_ulps("scheduler sigmas", scheduler.sigmas.float(), "sigmas")
     sigmas = scheduler.sigmas
     for label, at_step, at_sigma, ref in (
         ("adapter", schedule.adapter_scale_at_step, schedule.adapter_scale_at_sigma, "step_adapter_scale"),
         ("text", schedule.text_scale_at_step, schedule.text_scale_at_sigma, "step_text_branch_scale"),
     ):
         by_step = torch.tensor([at_step(i) for i in range(steps)], dtype=torch.float32)
-        check(f"{label} scale per step (step index)", by_step, ref, EXACT)
-        check(f"{label} scale per step (sigma)", at_sigma(sigmas[:steps], sigmas), ref, EXACT)
+        c.check(f"{label} scale per step (step index)", by_step, ref, EXACT)
+        c.check(f"{label} scale per step (sigma)", at_sigma(sigmas[:steps], sigmas), ref, EXACT)
     generator = torch.Generator("cpu").manual_seed(int(case["seed"]))
-    latents = torch.randn(tuple(g["initial_latents"].shape), generator=generator) * scheduler.init_noise_sigma
-    check("initial latents", latents, "initial_latents")
+    shape = (batch, *_latent_shape(models, height, width))
+    latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+    c.check("initial latents", latents, "initial_latents")
 
     install_uniid_processors(models.unet, uniid, rescale=rescale, scale=1.0)
-    negative_full = negative_context(rec_neg, uncond_tokens)
-    uncond_key, cond_key = "step_noise_pred_uncond", "step_noise_pred_cond"
-    latents_before = g["initial_latents"]
-    for i, t in enumerate(scheduler.timesteps):
-        context = torch.cat(
-            [negative_full, prompt_context(rec_embeds, tokens, cond_tokens, schedule.text_scale_at_step(i))]
-        )
-        results.append(
-            compare(
-                name, f"step {i} UNet context", context, g["step_unet_encoder_hidden_states"][i], STAGE_TOL
+    with c.stages("UNet steps"):
+        tokens = g.input("text_branch_rescaled")
+        cond_tokens, uncond_tokens = g.input("adapter_tokens_cond"), g.input("adapter_tokens_uncond")
+        rec_embeds = g.input("encode_prompt_prompt_embeds")
+        negative_full = negative_context(g.input("encode_prompt_negative_prompt_embeds"), uncond_tokens)
+        uncond_key, cond_key = "step_noise_pred_uncond", "step_noise_pred_cond"
+        latents_before = g.input("initial_latents")
+        for i, t in enumerate(scheduler.timesteps):
+            context = torch.cat(
+                [
+                    negative_full,
+                    prompt_context(rec_embeds, tokens, cond_tokens, schedule.text_scale_at_step(i)),
+                ]
             )
-        )
-        sample = scheduler.scale_model_input(torch.cat([latents_before] * 2), t)
-        results.append(
-            compare(name, f"step {i} UNet input sample", sample, g["step_unet_sample"][i], STAGE_TOL)
-        )
-        set_adapter_scale(models.unet, float(g["step_adapter_scale"][i]))
-        noise = _unet(
-            models,
-            g["step_unet_sample"][i],
-            g["step_unet_timestep"][i],
-            g["step_unet_encoder_hidden_states"][i],
-            g["add_text_embeds"],
-            g["add_time_ids"],
-        )
-        results.append(
-            compare(name, f"step {i} noise pred uncond", noise[:batch], g[uncond_key][i], STAGE_TOL)
-        )
-        results.append(compare(name, f"step {i} noise pred cond", noise[batch:], g[cond_key][i], STAGE_TOL))
-        guided = _guided(g[uncond_key][i], g[cond_key][i], guidance)
-        results.append(
-            compare(name, f"step {i} guided noise", guided, g["step_noise_pred_guided"][i], STAGE_TOL)
-        )
-        stepped = scheduler.step(g["step_noise_pred_guided"][i], t, latents_before, return_dict=False)[0]
-        results.append(
-            compare(name, f"step {i} scheduler step", stepped, g["step_latents_after"][i], STAGE_TOL)
-        )
-        latents_before = g["step_latents_after"][i]
+            c.results.append(
+                compare(
+                    c.name,
+                    f"step {i} UNet context",
+                    context,
+                    g.ref("step_unet_encoder_hidden_states")[i],
+                    STAGE_TOL,
+                )
+            )
+            sample = scheduler.scale_model_input(torch.cat([latents_before] * 2), t)
+            c.results.append(
+                compare(
+                    c.name, f"step {i} UNet input sample", sample, g.ref("step_unet_sample")[i], STAGE_TOL
+                )
+            )
+            set_adapter_scale(models.unet, float(g.ref("step_adapter_scale")[i]))
+            noise = _unet(
+                models,
+                g.ref("step_unet_sample")[i],
+                g.ref("step_unet_timestep")[i],
+                g.ref("step_unet_encoder_hidden_states")[i],
+                g.ref("add_text_embeds"),
+                g.ref("add_time_ids"),
+            )
+            c.results.append(
+                compare(c.name, f"step {i} noise pred uncond", noise[:batch], g.ref(uncond_key)[i], STAGE_TOL)
+            )
+            c.results.append(
+                compare(c.name, f"step {i} noise pred cond", noise[batch:], g.ref(cond_key)[i], STAGE_TOL)
+            )
+            guided = _guided(g.ref(uncond_key)[i], g.ref(cond_key)[i], guidance)
+            c.results.append(
+                compare(
+                    c.name, f"step {i} guided noise", guided, g.ref("step_noise_pred_guided")[i], STAGE_TOL
+                )
+            )
+            stepped = scheduler.step(
+                g.ref("step_noise_pred_guided")[i], t, latents_before, return_dict=False
+            )[0]
+            c.results.append(
+                compare(
+                    c.name, f"step {i} scheduler step", stepped, g.ref("step_latents_after")[i], STAGE_TOL
+                )
+            )
+            latents_before = g.ref("step_latents_after")[i]
 
-    results.extend(_end_to_end(models, anchor, case, g, face_path, schedule, rescale, latents))
-    return results
+    _end_to_end(models, anchor, case, c, face_path, schedule, rescale, latents)
+    return c.results
+
+
+def _latent_shape(models: LoadedModels, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the UNet latents for an image of ``height`` x ``width`` pixels."""
+    vae = json.loads((models.layout / "sdxl_tiny" / "vae" / "config.json").read_text())
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return int(models.unet.config.in_channels), height // factor, width // factor
 
 
 def _end_to_end(
     models: LoadedModels,
     anchor: TextAnchor,
     case: dict[str, Any],
-    g: dict[str, Tensor],
+    c: CaseChecker,
     face_path: Path,
     schedule: MergeSchedule,
     rescale: str,
     latents: Tensor,
-) -> list[StageResult]:
+) -> None:
     """Free run from the face image and the prompt through our own stages to the final latents."""
-    name = case["name"]
     uniid = models.uniid
     batch = latents.shape[0]
     guidance = float(case["prompt_guidance_scale"])
@@ -454,12 +642,10 @@ def _end_to_end(
         set_adapter_scale(models.unet, schedule.adapter_scale_at_step(i))
         return _unet(models, sample, t, context_at(schedule.text_scale_at_step(i)), text_embeds, time_ids)
 
-    history = run(uniid_step, latents)
-    results = [
-        compare(name, f"end-to-end latents after step {i}", h, g["step_latents_after"][i], END_TO_END_TOL)
-        for i, h in enumerate(history)
-    ]
-    results.append(compare(name, "end-to-end final latents", history[-1], g["final_latents"], END_TO_END_TOL))
+    if "step_latents_after" not in c.golden and "final_latents" not in c.golden:
+        c.skip("end-to-end latents", "step_latents_after and final_latents")
+    else:
+        _check_history(c, run(uniid_step, latents))
 
     models.unet.set_attn_processor(dict(models.plain_processors))
     plain_context = torch.cat([neg_embeds.expand(batch, -1, -1), embeds.expand(batch, -1, -1)])
@@ -467,17 +653,22 @@ def _end_to_end(
     def plain_step(i: int, sample: Tensor, t: Tensor) -> Tensor:
         return _unet(models, sample, t, plain_context, text_embeds, time_ids)
 
+    if "plain_sdxl_final_latents" not in c.golden:
+        c.skip("plain SDXL final latents (no UniID)", "plain_sdxl_final_latents")
+        return
     plain = run(plain_step, latents)
-    results.append(
-        compare(
-            name,
-            "plain SDXL final latents (no UniID)",
-            plain[-1],
-            g["plain_sdxl_final_latents"],
-            END_TO_END_TOL,
-        )
-    )
-    return results
+    c.check("plain SDXL final latents (no UniID)", plain[-1], "plain_sdxl_final_latents", END_TO_END_TOL)
+
+
+def _check_history(c: CaseChecker, history: list[Tensor]) -> None:
+    """Free-run latents after every step and at the end against the recorded ones."""
+    with c.stages("end to end"):
+        after = c.golden.ref("step_latents_after")
+        for i, latents in enumerate(history):
+            c.results.append(
+                compare(c.name, f"end-to-end latents after step {i}", latents, after[i], END_TO_END_TOL)
+            )
+    c.check("end-to-end final latents", history[-1], "final_latents", END_TO_END_TOL)
 
 
 def golden_cases(golden_dir: Path) -> list[Path]:
@@ -536,8 +727,9 @@ def main(argv: list[str] | None = None) -> int:
             "Check this implementation against the official UniID outputs in GOLDEN_DIR. Tolerances follow "
             "the golden README's recommendation for float32: stages fed with their recorded inputs "
             f"atol {STAGE_TOL[0]:g} / rtol {STAGE_TOL[1]:g}; free-running end to end "
-            f"atol {END_TO_END_TOL[0]:g} / rtol {END_TO_END_TOL[1]:g}; token ids, timesteps, sigmas and "
-            "step scales exact."
+            f"atol {END_TO_END_TOL[0]:g} / rtol {END_TO_END_TOL[1]:g}; sigmas within {SIGMA_ULPS} "
+            "float32 ulp; token ids, timesteps and step scales exact. Several images per prompt are "
+            "compared repeat by repeat; stages whose tensors a golden file lacks are reported as skipped."
         ),
     )
     parser.add_argument(
@@ -563,9 +755,12 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(result.line())
     failed = [r for r in results if not r.passed]
+    skipped = [r for r in results if r.skipped]
+    checked = len(results) - len(skipped)
     print(
-        f"{len(results) - len(failed)}/{len(results)} stages passed"
+        f"{checked - len(failed)}/{checked} stages passed"
         + (f", {len(failed)} FAILED" if failed else "")
+        + (f", {len(skipped)} skipped (tensors missing from the golden files)" if skipped else "")
     )
     return 1 if failed else 0
 

@@ -155,16 +155,17 @@ class UniIDPipeline:
         conditioning = {"text_embeds": pooled, "time_ids": time_ids}
         scheduler = sdxl.scheduler
         scheduler.set_timesteps(settings.num_inference_steps, device=self.device)
-        generator = torch.Generator().manual_seed(settings.seed)
+        # As the official inference.py: a generator on the pipeline's device, noise drawn there in the
+        # UNet's dtype (diffusers' prepare_latents), so a seed gives the official noise on CPU and CUDA.
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         shape = (
             count,
             unet.config.in_channels,
             settings.height // sdxl.vae_scale_factor,
             settings.width // sdxl.vae_scale_factor,
         )
-        latents = (torch.randn(shape, generator=generator) * scheduler.init_noise_sigma).to(
-            self.device, before.dtype
-        )
+        latents = torch.randn(shape, generator=generator, device=self.device, dtype=before.dtype)
+        latents = latents * scheduler.init_noise_sigma
         step_kwargs = sdxl.prepare_extra_step_kwargs(generator, 0.0)
         processors = uniid_processors(unet)
         saved = [(p.rescale, p.scale) for p in processors]

@@ -150,7 +150,7 @@ def test_plain_unet_matches_golden_without_uniid(comfy, golden_dir, golden_unet)
 
 
 def test_anchor_from_comfy_clip_matches_golden(comfy, pack, golden_dir):
-    """The norm anchor computed through ComfyUI's CLIP modules and tokenizers equals the official one."""
+    """The default norm anchor through ComfyUI's CLIP modules and tokenizers equals the official one."""
     import types
 
     import comfy.sd1_clip
@@ -179,8 +179,7 @@ def test_anchor_from_comfy_clip_matches_golden(comfy, pack, golden_dir):
         tokenizer=comfy.sdxl_clip.SDXLTokenizer(),
         patcher=comfy.model_patcher.ModelPatcher(holder, torch.device("cpu"), torch.device("cpu")),
     )
-    names = [n.strip() for n in (golden_dir / "wiki_names_v2.txt").read_text().splitlines() if n.strip()]
-    anchor = pack.anchor_clip.anchor_for_clip(clip, 3, names=names)
+    anchor = pack.anchor_clip.anchor_for_clip(clip, 3)  # the default names list is the official one
     g = load_file(str(golden_dir / "golden_case1.safetensors"))
     torch.testing.assert_close(anchor.norms_l, g["celeb_anchor_norm_1"].flatten(), atol=5e-5, rtol=1e-5)
     torch.testing.assert_close(anchor.norms_g, g["celeb_anchor_norm_2"].flatten(), atol=5e-5, rtol=1e-5)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
+
+from tests.comfyui.conftest import small_uniid_model
 
 NODES = [
     "UniIDLoader",
@@ -38,12 +41,17 @@ def test_every_node_is_registered_by_comfy_loader(comfy):
     assert "insightface" not in sys.modules, "the pack must import insightface lazily"
 
 
+def _branch(model, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
 def test_model_folders_follow_extra_model_paths(comfy, tmp_path):
     fp = comfy.folder_paths
     assert "uniid" in fp.folder_names_and_paths and "insightface" in fp.folder_names_and_paths
     extra = tmp_path / "elsewhere"
     (extra / "official" / "adapter_ckpt").mkdir(parents=True)
-    (extra / "official" / "adapter_ckpt" / "pytorch_model.bin").write_bytes(b"")
+    adapter = _branch(small_uniid_model([64]), "adapter_branch.")
+    torch.save(adapter, extra / "official" / "adapter_ckpt" / "pytorch_model.bin")
     (extra / "mine.safetensors").write_bytes(b"")
     fp.add_model_folder_path("uniid", str(extra))
     fp.filename_list_cache.clear()
@@ -67,6 +75,58 @@ def test_dropdowns_keep_face_nets_and_uniid_weights_apart(comfy, tmp_path):
     assert "uniid_weights.safetensors" in uniid and "glint360k_r100.pth" not in uniid
     assert "uniid/glint360k_r100.pth" in face and "uniid/face_backbone.safetensors" in face
     assert "uniid/uniid_weights.safetensors" not in face
+
+
+def test_release_folder_is_one_entry_and_its_parts_stay_pickable(comfy, tmp_path):
+    """A release dropped into models/uniid as it comes: one folder entry, branch files, face net inside."""
+    from safetensors.torch import save_file
+
+    from uniid_core.models.iresnet import FaceRecognitionNet
+
+    fp = comfy.folder_paths
+    root = tmp_path / "uniid_root"
+    release = root / "UniID"
+    model = small_uniid_model([64, 64])
+    text_dir = release / "text_branch" / "checkpoint-12"
+    text_dir.mkdir(parents=True)
+    text = {f"module.{k}": v for k, v in _branch(model, "text_branch.").items()}
+    torch.save(text, text_dir / "pytorch_model.bin")
+    torch.save({"state": {}}, text_dir / "optimizer.bin")
+    (release / "adapter_branch").mkdir()
+    save_file(_branch(model, "adapter_branch."), str(release / "adapter_branch" / "model.safetensors"))
+    (release / "face_recognition").mkdir()
+    face_net = FaceRecognitionNet(blocks=(1, 1, 1, 1)).state_dict()
+    torch.save(face_net, release / "face_recognition" / "backbone.pth")
+    fp.add_model_folder_path("uniid", str(root))
+    fp.filename_list_cache.clear()
+    loader_cls = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"]
+    uniid = loader_cls.INPUT_TYPES()["required"]["uniid_name"][0]
+    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"].INPUT_TYPES()["required"]["face_net_name"][0]
+    text_file = "UniID/text_branch/checkpoint-12/pytorch_model.bin"
+    assert "UniID/" in uniid and text_file in uniid and "UniID/adapter_branch/model.safetensors" in uniid
+    assert not any(n.startswith("UniID/") and ("optimizer" in n or "backbone" in n) for n in uniid)
+    assert "uniid/UniID/face_recognition/backbone.pth" in face
+    assert not any(name.startswith("uniid/UniID/") and "branch" in name for name in face)
+    (both,) = loader_cls().load("UniID/", "auto")
+    assert both.model.text_branch is not None and both.model.adapter_branch is not None
+    assert both.model.fingerprint == model.fingerprint
+    (text_only,) = loader_cls().load(text_file, "auto")
+    assert text_only.model.adapter_branch is None
+    face_path = comfy.pack.nodes.paths.resolve_face_net("uniid/UniID/face_recognition/backbone.pth")
+    assert Path(face_path) == release / "face_recognition" / "backbone.pth"
+
+
+def test_insightface_dropdown_puts_the_official_pack_first(comfy, tmp_path):
+    fp = comfy.folder_paths
+    for name in ("antelopev2", "buffalo_l", "another"):
+        (tmp_path / "insight" / "models" / name).mkdir(parents=True)
+    fp.add_model_folder_path("insightface", str(tmp_path / "insight"))
+    try:
+        inputs = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"].INPUT_TYPES()["required"]
+    finally:
+        fp.folder_names_and_paths["insightface"][0].remove(str(tmp_path / "insight"))
+    assert inputs["insightface_model"][0][:3] == ["buffalo_l", "another", "antelopev2"]
+    assert inputs["det_size"][1]["default"] == 320
 
 
 def test_missing_file_names_folder_and_file(comfy):
@@ -168,3 +228,34 @@ def test_detector_loader_backends(comfy):
     except FaceDetectionError as exc:
         pytest.skip(f"needs the MTCNN model files: {exc}")
     assert mtcnn.get().detect(np.zeros((160, 160, 3), np.uint8)) == []
+
+
+def test_names_file_picks_the_anchor_names(comfy, pack, small_sdxl, small_clip, uniid_weights, tmp_path):
+    """UniID Apply's names_file: official by default, the project list, or a user list in uniid/names/."""
+    from uniid_core.anchor import load_names
+    from uniid_core.identity import Identity
+
+    (tmp_path / "names_root" / "names").mkdir(parents=True)
+    mine = tmp_path / "names_root" / "names" / "mine.txt"
+    mine.write_text("Ada Lovelace Byron King\nAlan Mathison Turing\n", encoding="utf-8")
+    comfy.folder_paths.add_model_folder_path("uniid", str(tmp_path / "names_root"))
+    spec = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDApply"].INPUT_TYPES()["optional"]["names_file"]
+    assert spec[0][:2] == ["official", "uniid_project"] and "names/mine.txt" in spec[0]
+    assert spec[1]["default"] == "official"
+    identity = Identity(
+        text_tokens=torch.randn(1, 3, 2048, generator=torch.Generator().manual_seed(0)),
+        adapter_tokens=torch.zeros(1, 4, 2048),
+        model_fingerprint=uniid_weights.fingerprint,
+    )
+    norms = {}
+    for choice in ("official", "uniid_project", "names/mine.txt"):
+        _, positive = pack.apply.UniIDApply().apply(
+            small_sdxl, [[torch.zeros(1, 77, 2048), {}]], uniid_weights, identity,
+            5, 0.5, 1.8, 0.8, 1.2, "normalized", 0.0, 1.0, clip=small_clip, names_file=choice,
+        )
+        norms[choice] = positive[0][0][0, 1:4, :768].norm(dim=-1)
+    for choice, names in (("official", None), ("uniid_project", "uniid_project"), ("names/mine.txt", mine)):
+        expected = pack.anchor_clip.anchor_for_clip(small_clip, 3, load_names(names))
+        torch.testing.assert_close(norms[choice], expected.norms_l)
+    assert (norms["official"] - norms["uniid_project"]).abs().max() > 1e-3
+    assert (norms["official"] - norms["names/mine.txt"]).abs().max() > 1e-3

@@ -1,4 +1,4 @@
-"""Text-token norm anchor: our names list, column means, tower encoding, rescaling and the cache."""
+"""Text-token norm anchor: the names lists, column means, tower encoding, rescaling and the cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 from uniid_core import anchor as anchor_module
 from uniid_core.anchor import (
     DEFAULT_NAMES_PATH,
+    OFFICIAL_NAMES_PATH,
+    PROJECT_NAMES_PATH,
     AnchorCache,
     AnchorTower,
     TextAnchor,
@@ -18,6 +20,8 @@ from uniid_core.anchor import (
     column_means,
     compute_anchor,
     load_names,
+    names_digest,
+    names_path,
     transformers_tower,
 )
 from uniid_core.errors import UniIDError
@@ -44,12 +48,24 @@ def _fake(width: int, seed: int) -> FakeTower:
     return FakeTower(torch.randn(30, width, generator=torch.Generator().manual_seed(seed)))
 
 
-def test_our_names_list():
-    names = load_names()
-    assert DEFAULT_NAMES_PATH.is_file()
+def test_project_names_list_is_an_option():
+    names = load_names("uniid_project")
+    assert names_path("uniid_project") == PROJECT_NAMES_PATH and PROJECT_NAMES_PATH.is_file()
     assert 300 <= len(names) <= 500
     assert len(set(names)) == len(names)
     assert all(name.isascii() and len(name.split()) >= 2 for name in names)
+    assert names_digest(names) != names_digest(load_names())
+
+
+def test_default_names_are_the_official_list(golden_dir: Path):
+    official_bytes = (golden_dir / "wiki_names_v2.txt").read_bytes()
+    official = official_bytes.decode("utf-8").splitlines()
+    assert DEFAULT_NAMES_PATH == OFFICIAL_NAMES_PATH == names_path(None) == names_path("official")
+    assert load_names() == load_names("official") == official and len(official) == 691
+    shipped = OFFICIAL_NAMES_PATH.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = [line for line in shipped if line.startswith("#")]
+    assert header and "lyuPang/UniID" in header[0], "the header must say where the list comes from"
+    assert "".join(shipped[len(header) :]).encode("utf-8") == official_bytes, "names must be a byte copy"
 
 
 def test_load_names_user_file(tmp_path: Path):
@@ -59,7 +75,7 @@ def test_load_names_user_file(tmp_path: Path):
     (tmp_path / "empty.txt").write_text("# nothing\n", encoding="utf-8")
     with pytest.raises(UniIDError, match="holds no names"):
         load_names(tmp_path / "empty.txt")
-    with pytest.raises(UniIDError, match="not found"):
+    with pytest.raises(UniIDError, match="not found.*official, uniid_project"):
         load_names(tmp_path / "missing.txt")
 
 
@@ -182,11 +198,49 @@ def test_transformers_tower_matches_the_text_encoder(clip_pair):
         assert tower.tokenize("Ada Lovelace") == plain[1:-1]
 
 
-def test_our_list_gives_a_full_anchor_on_sdxl_tokenizers(clip_pair):
-    names = load_names()
+def test_project_list_gives_a_full_anchor_on_sdxl_tokenizers(clip_pair):
+    names = load_names("uniid_project")
     anchor = compute_anchor(list(clip_pair), names, 3)
     assert anchor.widths == (32, 48)
     assert torch.isfinite(anchor.norms_l).all() and torch.isfinite(anchor.norms_g).all()
     assert (anchor.norms_l > 0).all() and (anchor.norms_g > 0).all()
     long_names = [n for n in names if len(clip_pair[0].tokenize(n)) >= 3]
     assert len(long_names) > 100
+
+
+@pytest.fixture(scope="module")
+def golden_clip_pair(golden_dir: Path, make_weights):
+    """The golden tiny SDXL text encoders (real configs and tokenizers, rule-made weights) as towers."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    base = golden_dir / "sdxl_tiny"
+    towers = []
+    for folder, cls, tokenizer, pad in (
+        ("text_encoder", CLIPTextModel, "tokenizer", 49407),
+        ("text_encoder_2", CLIPTextModelWithProjection, "tokenizer_2", 0),
+    ):
+        model = cls(CLIPTextConfig.from_pretrained(base / folder)).eval()
+        spec = make_weights.load_spec(str(golden_dir / "specs" / f"{folder}.json"))
+        state = make_weights.make_state_dict(spec["tensors"], int(spec["seed"]))
+        own = set(model.state_dict())
+        state = {k if k in own else k.removeprefix("text_model."): v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+        towers.append(transformers_tower(model, CLIPTokenizer.from_pretrained(base / tokenizer), pad))
+    return towers
+
+
+def test_default_anchor_equals_the_official_anchor(golden_clip_pair, golden):
+    """With no names given, the anchor is the official script's (golden celeb_* tensors)."""
+    names = load_names()
+    for k, tower in enumerate(golden_clip_pair, start=1):
+        means = column_means(tower, names, 3)
+        torch.testing.assert_close(means, golden[f"celeb_col_mean_{k}"], atol=5e-5, rtol=1e-5)
+        with torch.no_grad():
+            hidden = anchor_hidden(tower, golden[f"celeb_col_mean_{k}"])
+        torch.testing.assert_close(hidden, golden[f"celeb_anchor_{k}"], atol=5e-5, rtol=1e-5)
+    anchor = compute_anchor(golden_clip_pair, names, 3)
+    torch.testing.assert_close(anchor.norms_l, golden["celeb_anchor_norm_1"].flatten(), atol=5e-5, rtol=1e-5)
+    torch.testing.assert_close(anchor.norms_g, golden["celeb_anchor_norm_2"].flatten(), atol=5e-5, rtol=1e-5)
+    project = compute_anchor(golden_clip_pair, load_names("uniid_project"), 3)
+    assert (project.norms_l - anchor.norms_l).abs().max() > 1e-3, "the lists must give different anchors"

@@ -127,7 +127,7 @@ def test_folder_errors(tmp_path, tiny_model):
     _expect(tmp_path, "no UniID weights found")
     save_uniid(tiny_model, tmp_path / "a.safetensors")
     save_uniid(tiny_model, tmp_path / "b.safetensors")
-    _expect(tmp_path, "several .safetensors")
+    _expect(tmp_path, "holds 2 text branches.*a.safetensors, b.safetensors")
     with pytest.raises(CheckpointError, match="no pytorch_model.bin"):
         load_official(text=tmp_path)
     with pytest.raises(CheckpointError, match="give the text-branch checkpoint"):

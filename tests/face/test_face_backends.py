@@ -11,7 +11,12 @@ import pytest
 
 from uniid_core.errors import FaceDetectionError
 from uniid_core.face.detect import DetectedFace, FaceDetector, make_detector
-from uniid_core.face.insightface_backend import InsightFaceDetector, _det_sizes, check_model_folder
+from uniid_core.face.insightface_backend import (
+    DEFAULT_DET_SIZE,
+    InsightFaceDetector,
+    _det_sizes,
+    check_model_folder,
+)
 from uniid_core.face.providers import available_providers, friendly_providers, resolve_providers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,8 +99,10 @@ def test_providers() -> None:
 
 
 def test_det_size_ladder() -> None:
+    assert DEFAULT_DET_SIZE == 320, "the official insightface detection size"
+    assert _det_sizes(320) == [320, 384, 512, 640, 256]
     assert _det_sizes(640) == [640, 512, 384, 320, 256]
-    assert _det_sizes(320) == [320, 256]
+    assert _det_sizes(448) == [448, 512, 640, 384, 320, 256]
     assert _det_sizes([480, 224]) == [480, 224]
     with pytest.raises(FaceDetectionError, match="multiple of 32"):
         _det_sizes(300)
@@ -162,7 +169,8 @@ def _inside(face: DetectedFace) -> bool:
 
 
 def test_insightface_wrapper_runs_face_analysis(fake_insightface_root: Path) -> None:
-    detector = make_detector("insightface", root=fake_insightface_root, name="buffalo_l", det_size=320)
+    detector = make_detector("insightface", root=fake_insightface_root, name="buffalo_l")
+    assert detector.det_sizes[0] == 320, "the official det size is the default"
     image = np.zeros((320, 320, 3), np.uint8)
     image[48:144, 160:256] = (255, 0, 0)
     image[200:296, 20:116] = (0, 0, 255)
@@ -177,5 +185,5 @@ def test_insightface_wrapper_runs_face_analysis(fake_insightface_root: Path) -> 
     blue_only = np.zeros((320, 320, 3), np.uint8)
     blue_only[100:200, 100:200] = (0, 0, 255)
     assert detector.detect(blue_only) == []
-    assert detector._prepared == 256, "the det_size ladder must be walked down to its last rung"
+    assert detector._prepared == 256, "the det_size ladder must be walked to its last rung"
     assert detector.active_providers == ["CPUExecutionProvider"]

@@ -40,3 +40,18 @@ def test_configuration_errors(tmp_path: Path) -> None:
         MTCNNDetector(engine="tensorflow")
     with pytest.raises(FaceDetectionError, match="min_face_size"):
         MTCNNDetector(min_face_size=5)
+
+
+def test_shipped_quickstart_photo_gives_one_aligned_face(mtcnn: MTCNNDetector) -> None:
+    """The public-domain photo the quickstart uses: one face, found and aligned to the ArcFace crop."""
+    from uniid_core.face.image import load_image
+    from uniid_core.face.pipeline import prepare_faces
+
+    photo = Path(__file__).resolve().parents[2] / "scripts" / "assets" / "eileen_collins.jpg"
+    assert photo.stat().st_size < 100_000 and (photo.parent / "SOURCE.md").is_file()
+    faces = prepare_faces([load_image(photo)], mtcnn)
+    (face,) = faces.faces
+    assert face.score > 0.99
+    left_eye, right_eye, nose, mouth_left, mouth_right = face.landmarks
+    assert left_eye[0] < nose[0] < right_eye[0] and max(left_eye[1], right_eye[1]) < nose[1] < mouth_left[1]
+    assert faces.aligned.shape == (1, 112, 112, 3) and faces.aligned.std() > 20

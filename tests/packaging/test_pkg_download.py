@@ -1,4 +1,7 @@
-"""The model download helper: folder layout, atomic writes and verification, with the network mocked."""
+"""The model download helper: folder layout, atomic writes and verification, with the network mocked.
+
+The UniID release is served by an in-memory Hub object handed to the helper; nothing reaches the network.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from uniid_core import download
 from uniid_core.errors import CheckpointError
 
 BUFFALO = next(e for e in download.MANIFEST if e.name == "buffalo_l")
-UNIID = next(e for e in download.MANIFEST if e.name == "uniid")
 FACE_NET = next(e for e in download.MANIFEST if e.name == "face_net")
 
 
@@ -53,7 +54,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def test_layout_matches_comfyui_folders() -> None:
     places = {e.name: f"{e.folder}/{e.target}" for e in download.MANIFEST}
-    assert places["uniid"] == "uniid/uniid_sdxl.safetensors"
+    assert places["uniid"] == "uniid/UniID"
     assert places["face_net"] == "uniid/glint360k_r100.pth"
     assert places["buffalo_l"] == "insightface/models/buffalo_l"
     assert places["antelopev2"] == "insightface/models/antelopev2"
@@ -61,6 +62,7 @@ def test_layout_matches_comfyui_folders() -> None:
     text = download.describe()
     for entry in download.MANIFEST:
         assert f"ComfyUI/models/{entry.folder}/{entry.target}" in text
+    assert "huggingface.co/pangly/UniID" in text
 
 
 def test_zip_pack_is_flattened_and_moved_atomically(tmp_path: Path) -> None:
@@ -104,21 +106,6 @@ def test_broken_pack_leaves_nothing_behind(tmp_path: Path, payload_kind: str, me
     assert _leftovers(comfy / "models") == []
 
 
-def test_safetensors_override_url_verified(tmp_path: Path) -> None:
-    comfy = _comfy(tmp_path)
-    good = tmp_path / "good.safetensors"
-    save_file({"text_branch.norm_1.weight": torch.ones(4)}, str(good))
-    _, fetch = _serving({"https://example.invalid/uniid.safetensors": good.read_bytes()})
-    overrides = {"uniid": "https://example.invalid/uniid.safetensors"}
-    assert download.run(comfy, only=["uniid"], overrides=overrides, fetch=fetch) == 0
-    assert (comfy / "models" / "uniid" / "uniid_sdxl.safetensors").read_bytes() == good.read_bytes()
-
-    _, bad_fetch = _serving({"https://example.invalid/uniid.safetensors": b"\x00" * 64})
-    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
-        download.install(UNIID, comfy / "models", [overrides["uniid"]], bad_fetch)
-    assert (comfy / "models" / "uniid" / "uniid_sdxl.safetensors").read_bytes() == good.read_bytes()
-
-
 def test_checksum_and_size_are_enforced(tmp_path: Path) -> None:
     comfy = _comfy(tmp_path)
     state = tmp_path / "backbone.pth"
@@ -149,17 +136,19 @@ def test_pickle_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
 def test_manual_entries_say_where_files_go(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     comfy = _comfy(tmp_path)
     calls, fetch = _serving({})
-    assert download.run(comfy, only=["uniid", "face_net"], fetch=fetch) == 1
+    assert download.run(comfy, only=["face_net"], fetch=fetch) == 1
     out = capsys.readouterr().out
     assert calls == []
-    assert "ComfyUI/models/uniid/uniid_sdxl.safetensors" in out
-    assert "ComfyUI/models/uniid/glint360k_r100.pth" in out
-    assert "--url uniid=URL" in out
+    assert "ComfyUI/models/uniid/glint360k_r100.pth" in out and "The UniID release provides it" in out
+    assert "--url face_net=URL" in out
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="does not exist"):
         download.main(["--comfyui", str(tmp_path / "nowhere")])
+    comfy = str(_comfy(tmp_path))
     with pytest.raises(SystemExit, match="NAME=URL"):
-        download.main(["--comfyui", str(_comfy(tmp_path)), "--url", "nonsense"])
+        download.main(["--comfyui", comfy, "--url", "nonsense"])
+    with pytest.raises(SystemExit, match="NAME=URL"):
+        download.main(["--comfyui", comfy, "--url", "uniid=https://example.invalid/x"])
     assert download.main(["--list"]) == 0

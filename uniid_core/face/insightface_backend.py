@@ -20,7 +20,9 @@ from uniid_core.face.providers import INSTALL_HINTS, resolve_providers
 logger = logging.getLogger(__name__)
 
 DETECTION_PREFIXES = ("det_", "scrfd")
-DET_SIZE_LADDER = (640, 512, 384, 320, 256)
+DEFAULT_DET_SIZE = 320
+"""The official detection size (insightface buffalo_l at 320x320 in the official inference.py)."""
+DET_SIZE_LADDER = (256, 320, 384, 512, 640)
 DOWNLOAD_HINT = (
     "download the insightface model pack {name}.zip yourself (nothing is downloaded automatically) and "
     "unzip it so that the .onnx files sit directly in {folder}"
@@ -95,11 +97,17 @@ def check_model_folder(root: str | Path, name: str = "buffalo_l") -> Path:
 
 
 def _det_sizes(det_size: int | Sequence[int]) -> list[int]:
-    """Detection sizes to try: the requested one, then the smaller rungs of the ladder."""
+    """Detection sizes to try: the requested one, then the larger rungs of the ladder, then the smaller.
+
+    Only the first size decides the result whenever it finds a face; the others are a no-face fallback
+    (larger sizes find small faces in big photos, smaller ones faces that fill the frame).
+    """
     if isinstance(det_size, int):
         if det_size < 32 or det_size % 32:
             raise FaceDetectionError(f"det_size must be a multiple of 32 and >= 32, got {det_size}")
-        return [det_size] + [s for s in DET_SIZE_LADDER if s < det_size]
+        larger = [s for s in DET_SIZE_LADDER if s > det_size]
+        smaller = [s for s in reversed(DET_SIZE_LADDER) if s < det_size]
+        return [det_size, *larger, *smaller]
     sizes = [int(s) for s in det_size]
     if not sizes or any(s < 32 or s % 32 for s in sizes):
         raise FaceDetectionError(f"det_size ladder must hold multiples of 32 (>= 32), got {list(det_size)}")
@@ -116,7 +124,7 @@ class InsightFaceDetector:
         root: str | Path = "~/.insightface",
         name: str = "buffalo_l",
         provider: str = "CPU",
-        det_size: int | Sequence[int] = 640,
+        det_size: int | Sequence[int] = DEFAULT_DET_SIZE,
         det_thresh: float = 0.5,
         pad_retry: bool = True,
     ) -> None:
