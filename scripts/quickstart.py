@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402  (light: no torch, so --help is instant)
+
 STANDIN_DIR = Path(os.environ.get("UNIID_STANDIN_DIR", REPO_ROOT / ".quickstart" / "standin"))
 BANNER = "=" * 78
 
@@ -29,22 +33,32 @@ def _sample_photo() -> Path | None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (each model path also read from an environment variable)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--base", default=os.environ.get("UNIID_BASE"), help="diffusers SDXL folder")
-    parser.add_argument("--uniid", default=os.environ.get("UNIID_WEIGHTS"), help="UniID weights")
-    parser.add_argument("--face-net", default=os.environ.get("UNIID_FACE_NET"), help="IResNet-100 backbone")
-    parser.add_argument("--ref", nargs="+", help="reference photo(s) of one person")
-    parser.add_argument("--prompt", default="a photo of a <class word>, portrait, natural light")
-    parser.add_argument("--detector", default="mtcnn", help="mtcnn (default), insightface or pre-aligned")
-    parser.add_argument("--out", default=str(REPO_ROOT / "quickstart-output"))
-    parser.add_argument("--seed", default="42")
+    parser = argument_parser("bash scripts/quickstart.sh", __doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--base", default=os.environ.get("UNIID_BASE"), help="diffusers SDXL folder (or $UNIID_BASE)"
+    )
+    parser.add_argument(
+        "--uniid", default=os.environ.get("UNIID_WEIGHTS"), help="UniID weights (or $UNIID_WEIGHTS)"
+    )
+    parser.add_argument(
+        "--face-net", default=os.environ.get("UNIID_FACE_NET"),
+        help="IResNet-100 face net, e.g. glint360k_r100.pth (or $UNIID_FACE_NET)",
+    )
+    parser.add_argument(
+        "--ref", nargs="+", help="reference photo(s) of one person (default: a bundled sample face)"
+    )
+    parser.add_argument(
+        "--prompt", default="a photo of a <class word>, portrait, natural light", help="the prompt"
+    )
+    parser.add_argument("--detector", default="mtcnn", help="mtcnn, insightface or pre-aligned")
+    parser.add_argument("--out", default=str(REPO_ROOT / "quickstart-output"), help="output folder")
+    parser.add_argument("--seed", default="42", help="sampling seed")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Pick real or stand-in weights, run uniid_core.generate, report where the image is."""
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT))
     from uniid_core.generate import main as generate
 
     given = [args.base, args.uniid, args.face_net]
@@ -96,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

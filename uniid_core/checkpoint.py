@@ -10,13 +10,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -50,19 +50,40 @@ _FOREIGN_KINDS = (
 )
 
 
+def _new_temp_file(folder: Path, name: str) -> Path:
+    """Create an empty hidden temp file beside the target with the mode a plain ``open(..., "w")`` gives
+    (0666 minus the umask), unlike ``mkstemp``'s 0600 that another user (e.g. ComfyUI's) cannot read."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` on a temp file beside ``path``, then rename it to ``path``; no debris on failure."""
+    """Run ``write(tmp)`` on a temp file beside ``path``, then rename it to ``path``; no debris on failure.
+
+    A failed write raises CheckpointError naming ``path`` (never the hidden temp file) and the reason.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp: Path | None = None
     try:
-        write(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(target.parent, target.name)
+        write(str(tmp))
         os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if tmp is not None:
+            reason = reason.replace(str(tmp), str(target))
+        raise CheckpointError(
+            f"could not write {target}: {reason}; check the folder's free space and permissions"
+        ) from exc
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
 
 
 def _brief(keys: Iterable[str]) -> str:

@@ -5,7 +5,6 @@ Run by hand only (`python -m uniid_core.download --comfyui PATH`); nothing impor
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -17,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uniid_core.cli import argument_parser, run_cli
 from uniid_core.errors import CheckpointError
 
 INSIGHTFACE_RELEASES = (
@@ -292,7 +292,7 @@ def describe(models_dir: str = "ComfyUI/models") -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m uniid_core.download", description=__doc__)
+    parser = argument_parser("python -m uniid_core.download", __doc__)
     parser.add_argument("--comfyui", type=Path, help="your ComfyUI folder (the one holding models/)")
     parser.add_argument("--only", nargs="+", default=(), choices=[e.name for e in MANIFEST],
                         help="fetch only these entries (default: every non-optional one)")
@@ -310,4 +310,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -8,7 +8,6 @@ prompt) and prints one line per stage. Exit status 1 when any stage is outside i
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -28,6 +27,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .anchor import TextAnchor, anchor_hidden, column_means, load_names, transformers_tower
+from .cli import argument_parser, path_problem, require_paths, run_cli
 from .diffusers_processor import install_uniid_processors, set_adapter_scale
 from .errors import UniIDError
 from .schedule import MergeSchedule
@@ -530,9 +530,9 @@ def run_parity(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m uniid_core.parity",
-        description=(
+    parser = argument_parser(
+        "python -m uniid_core.parity",
+        (
             "Check this implementation against the official UniID outputs in GOLDEN_DIR. Tolerances follow "
             "the golden README's recommendation for float32: stages fed with their recorded inputs "
             f"atol {STAGE_TOL[0]:g} / rtol {STAGE_TOL[1]:g}; free-running end to end "
@@ -554,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared machine)"
     )
     args = parser.parse_args(argv)
+    require_paths(path_problem("golden_dir", args.golden_dir, "folder", "make_weights.py", "golden data"))
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers.utils import logging as transformers_logging
@@ -571,4 +572,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
