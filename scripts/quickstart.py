@@ -33,7 +33,11 @@ def _sample_photo() -> Path | None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (each model path also read from an environment variable)."""
-    parser = argument_parser("bash scripts/quickstart.sh", __doc__.split("\n\n")[0])
+    parser = argument_parser(
+        "bash scripts/quickstart.sh",
+        "Make one face-personalised image with UniID: from your model files when all three are given, "
+        "else from small random stand-in weights (the image is then noise, but every stage has run).",
+    )
     parser.add_argument(
         "--base", default=os.environ.get("UNIID_BASE"), help="diffusers SDXL folder (or $UNIID_BASE)"
     )
