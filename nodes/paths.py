@@ -18,9 +18,10 @@ OFFICIAL_DIR_SUFFIX = "/"
 
 
 def _register(name: str, extensions: set[str]) -> None:
-    """Add models/<name> as a default path and our extensions, keeping paths from extra_model_paths.yaml."""
+    """Add models/<name> and our extensions; folders from extra_model_paths.yaml stay first, so the user's
+    own folder is where new files (saved identities) go."""
     default = os.path.join(folder_paths.models_dir, name)
-    folder_paths.add_model_folder_path(name, default, is_default=True)
+    folder_paths.add_model_folder_path(name, default, is_default=False)
     paths, known = folder_paths.folder_names_and_paths[name]
     folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
 
@@ -34,6 +35,12 @@ def register_folders() -> None:
 def folder_dirs(name: str) -> list[str]:
     """Every directory ComfyUI searches for folder ``name`` (defaults plus extra_model_paths.yaml)."""
     return folder_paths.get_folder_paths(name)
+
+
+def _has_content(folder: str, name: str) -> bool:
+    """False for an empty (0-byte) file: an interrupted download is no choice to offer."""
+    path = folder_paths.get_full_path(folder, name)
+    return path is not None and os.path.getsize(path) > 0
 
 
 def _official_dirs() -> list[str]:
@@ -55,25 +62,28 @@ def _official_dirs() -> list[str]:
 def uniid_weight_choices() -> list[str]:
     """Dropdown entries for UniID weights: .safetensors/.bin under models/uniid plus official folders.
 
-    Face nets (.pth/.pt) and saved identities live in the same folder and are left out.
+    Face nets (.pth/.pt), saved identities and empty files live in the same folder and are left out.
     """
     files = [
         f
         for f in folder_paths.get_filename_list(UNIID_FOLDER)
         if not f.replace("\\", "/").startswith(IDENTITY_SUBDIR + "/")
         and os.path.splitext(f)[1].lower() in UNIID_EXTENSIONS
+        and _has_content(UNIID_FOLDER, f)
     ]
     return _official_dirs() + files
 
 
 def face_net_choices() -> list[str]:
-    """Face-net dropdown: .pth/.safetensors in models/uniid and models/insightface, minus UniID weights."""
+    """Face-net dropdown: .pth/.safetensors in models/uniid and models/insightface, minus UniID weights and
+    empty files."""
     out = []
     for folder in (UNIID_FOLDER, INSIGHTFACE_FOLDER):
         for name in folder_paths.get_filename_list(folder):
             if (
                 os.path.splitext(name)[1].lower() in (".pth", ".pt", ".safetensors")
                 and not name.startswith(IDENTITY_SUBDIR)
+                and _has_content(folder, name)
                 and not is_uniid_file(folder_paths.get_full_path(folder, name))
             ):
                 out.append(f"{folder}/{name}")
@@ -90,15 +100,6 @@ def insightface_model_choices() -> list[str]:
                     d for d in os.listdir(folder) if d != "models" and os.path.isdir(os.path.join(folder, d))
                 )
     return sorted(names) or ["antelopev2", "buffalo_l"]
-
-
-def insightface_root() -> str:
-    """The insightface root (the folder that holds models/<pack>/): the first one that exists."""
-    dirs = folder_dirs(INSIGHTFACE_FOLDER)
-    for root in dirs:
-        if os.path.isdir(os.path.join(root, "models")):
-            return root
-    return dirs[0]
 
 
 def _missing(folder: str, name: str) -> CheckpointError:
@@ -135,14 +136,15 @@ def resolve_face_net(choice: str) -> str:
 
 
 def identity_dir() -> str:
-    """Where saved identities live: models/uniid/identities (created on demand)."""
+    """Where new identities are saved: identities/ in the first configured uniid folder (created on demand;
+    an extra_model_paths.yaml entry comes before ComfyUI/models/uniid)."""
     path = os.path.join(folder_dirs(UNIID_FOLDER)[0], IDENTITY_SUBDIR)
     os.makedirs(path, exist_ok=True)
     return path
 
 
 def identity_choices() -> list[str]:
-    """Saved identities: models/uniid/identities/*.safetensors, then the input folder's *.safetensors."""
+    """Saved identities: identities/*.safetensors of every uniid folder, then the input folder's."""
     out = []
     for root in folder_dirs(UNIID_FOLDER):
         sub = os.path.join(root, IDENTITY_SUBDIR)
@@ -151,7 +153,7 @@ def identity_choices() -> list[str]:
     in_dir = folder_paths.get_input_directory()
     if os.path.isdir(in_dir):
         out += [f"input/{f}" for f in sorted(os.listdir(in_dir)) if f.endswith(".safetensors")]
-    return out
+    return list(dict.fromkeys(out))
 
 
 def resolve_identity(choice: str) -> str:
