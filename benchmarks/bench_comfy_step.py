@@ -46,7 +46,7 @@ def _comfy(path: str, device: str):
     import nodes
 
     comfy.utils.set_progress_bar_enabled(False)
-    link = Path(tempfile.mkdtemp()) / "ComfyUI-UniID"
+    link = Path(tempfile.mkdtemp()) / "comfyui-uniid"
     link.symlink_to(REPO, target_is_directory=True)
     if not asyncio.run(nodes.load_custom_node(str(link))):
         raise SystemExit("ComfyUI could not load the UniID pack")

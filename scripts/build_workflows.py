@@ -21,16 +21,19 @@ MODELS_NOTE = """MODEL FILES (see README, 'Model layout'):
 - ComfyUI/models/uniid/uniid_sdxl.safetensors: UniID weights
   (or an official folder holding text_branch_ckpt/ and adapter_ckpt/)
 - ComfyUI/models/uniid/glint360k_r100.pth: the IResNet-100 face net (Partial-FC, Glint360K)
-- ComfyUI/models/insightface/models/buffalo_l/: only for the insightface detector
+- ComfyUI/models/insightface/models/buffalo_l/: only if you switch to the insightface detector
 `python -m uniid_core.download --comfyui /path/to/ComfyUI` fetches what can be fetched and says \
 where the rest goes.
 After adding files, press R (refresh) so the dropdowns list them."""
 
-DETECTOR_NOTE = """FACE DETECTOR
-- mtcnn: works out of the box (no insightface); the class word becomes 'person' unless you type one.
-- insightface: needs `pip install insightface` and models/insightface/models/buffalo_l (or \
-antelopev2); detects gender, so 'auto' gives 'man'/'woman' like the official code.
-- pre-aligned: your images already are 112x112 ArcFace crops.
+DETECTOR_NOTE = """FACE DETECTOR: this graph uses mtcnn, which ships with the pack (no insightface, \
+no download); the class word becomes 'person' unless you type one in UniID Encode Face.
+
+To switch to insightface (the official detector; it reads gender, so class_word 'auto' gives \
+'man'/'woman'): `pip install insightface`, unzip buffalo_l.zip into \
+ComfyUI/models/insightface/models/buffalo_l/, press R, then set backend = insightface and \
+insightface_model = buffalo_l in 'UniID Face Detector Loader'.
+pre-aligned: your images already are 112x112 ArcFace crops.
 provider: CPU works everywhere; CUDA needs onnxruntime-gpu instead of onnxruntime."""
 
 
@@ -64,19 +67,24 @@ sum.
 - start/end_percent: the part of sampling where the identity is active at all.
 
 More identity: raise the 'after' scales. More prompt control: lower them or raise merge_step.
-This graph uses the insightface detector (man/woman class word) and face_selection = index (0 = \
-leftmost face)."""
+face_selection = index picks one face of a group photo (0 = leftmost, -1 = rightmost)."""
 
-SAVE_NOTE = """SAVE AND REUSE AN IDENTITY
+SAVE_NOTE = """SAVE AN IDENTITY (one queue press)
 
-A (blue): encodes the photo and saves the identity to \
-ComfyUI/models/uniid/identities/my_person.safetensors.
-B (purple): loads it and generates, no photo or face detector needed.
+The photo is encoded once; 'UniID Save Identity' writes it to identities/my_person.safetensors in \
+your uniid model folder (ComfyUI/models/uniid, or the first 'uniid:' folder of \
+extra_model_paths.yaml), and the same identity makes a picture right away.
 
-First run: select the purple group and bypass it (Ctrl+B), queue once to save, then press R so \
-'UniID Load Identity' lists the file, un-bypass and queue.
-Later: bypass the blue group instead. An identity only works with the UniID weights it was encoded \
-with (checked)."""
+Then open the template uniid_load_identity to reuse it without the photo or the face models \
+(press R first so the new file is listed)."""
+
+LOAD_NOTE = """REUSE A SAVED IDENTITY
+
+'UniID Load Identity' lists identities/*.safetensors of every uniid model folder (and .safetensors \
+files in ComfyUI's input folder). No photo, face net or face detector is needed.
+
+Save one first with the template uniid_save_identity (then press R). An identity only works with \
+the UniID weights it was encoded with (checked)."""
 
 TWO_PEOPLE_NOTE = """TWO PEOPLE IN ONE PICTURE
 
@@ -90,15 +98,19 @@ size = image size."""
 
 
 class Common:
-    """The nodes every UniID workflow shares: checkpoint, UniID loaders, negative prompt, sampler, output."""
+    """The nodes every UniID workflow shares: checkpoint, UniID loaders, negative prompt, sampler, output.
 
-    def __init__(self, graph: Graph, detector: str = "mtcnn", width: int = 1024, height: int = 1024) -> None:
+    Face models (face net + the bundled mtcnn detector) only where faces are encoded.
+    """
+
+    def __init__(self, graph: Graph, width: int = 1024, height: int = 1024, faces: bool = True) -> None:
         self.g = graph
         self.ckpt = graph.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
         self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
-        self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
-        self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend=detector,
-                                  insightface_model="buffalo_l", provider="CPU")
+        if faces:
+            self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
+            self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend="mtcnn",
+                                      insightface_model="buffalo_l", provider="CPU")
         self.negative = graph.add("CLIPTextEncode", (760, 250), title="Negative prompt", node_width=360,
                                   text=NEGATIVE)
         graph.connect(self.ckpt, "CLIP", self.negative, "clip")
@@ -195,14 +207,15 @@ def multi_reference(schema: dict) -> dict:
     c.sample((apply, "model"), (apply, "positive"), "uniid_multi_reference")
     g.note(MULTI_NOTE, START_POS, START_SIZE, "Start here")
     g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
     g.group("Reference photos", [*photos, batch1, batch2], "blue")
     return g.to_json("multi_reference")
 
 
 def advanced_schedule(schema: dict) -> dict:
-    """Every schedule control of UniID Apply, with the insightface detector."""
+    """Every schedule control of UniID Apply (bundled mtcnn detector, one face picked by index)."""
     g = Graph(schema)
-    c = Common(g, detector="insightface")
+    c = Common(g)
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720), face_selection="index", face_index=0, class_word="auto")
     c.preview(encode, (760, 720))
@@ -217,23 +230,36 @@ def advanced_schedule(schema: dict) -> dict:
     return g.to_json("advanced_schedule")
 
 
-def save_load_identity(schema: dict) -> dict:
-    """Encode once and save; reuse the saved identity without the photo."""
+def save_identity(schema: dict) -> dict:
+    """Encode a photo once, save the identity, and generate with it in the same run."""
     g = Graph(schema)
     c = Common(g)
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720))
     save = g.add("UniIDSaveIdentity", (380, 1040), name="my_person", overwrite=True)
     g.connect(encode, "identity", save, "identity")
-    load = g.add("UniIDLoadIdentity", (760, 500), identity_file="identities/my_person.safetensors")
-    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), load)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), load, (1160, 0))
-    generate = c.sample((apply, "model"), (apply, "positive"), "uniid_saved_identity")
+    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), encode)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
+    c.sample((apply, "model"), (apply, "positive"), "uniid_save_identity")
     g.note(SAVE_NOTE, START_POS, START_SIZE, "Start here")
     g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.group("A: encode and save", [photo, encode, save], "blue")
-    g.group("B: load and generate", [load, positive, c.negative, apply, *generate], "purple")
-    return g.to_json("save_load_identity")
+    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    g.group("Encode and save", [photo, encode, save], "blue")
+    return g.to_json("save_identity")
+
+
+def load_identity(schema: dict) -> dict:
+    """Generate from a saved identity: no photo, face net or face detector."""
+    g = Graph(schema)
+    c = Common(g, faces=False)
+    load = g.add("UniIDLoadIdentity", (0, 430), identity_file="identities/my_person.safetensors")
+    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), load)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), load, (1160, 0))
+    c.sample((apply, "model"), (apply, "positive"), "uniid_load_identity")
+    g.note(LOAD_NOTE, START_POS, START_SIZE, "Start here")
+    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.group("Saved identity", [load], "purple")
+    return g.to_json("load_identity")
 
 
 def two_people_masks(schema: dict) -> dict:
@@ -273,6 +299,7 @@ def two_people_masks(schema: dict) -> dict:
     c.sample(model, combined, "uniid_two_people", x=2300)
     g.note(TWO_PEOPLE_NOTE, START_POS, START_SIZE, "Start here")
     g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
     g.group("Masks", [empty, half, *masks], "yellow")
     return g.to_json("two_people_masks")
 
@@ -281,7 +308,8 @@ WORKFLOWS = {
     "uniid_basic.json": basic,
     "uniid_multi_reference.json": multi_reference,
     "uniid_advanced_schedule.json": advanced_schedule,
-    "uniid_save_load_identity.json": save_load_identity,
+    "uniid_save_identity.json": save_identity,
+    "uniid_load_identity.json": load_identity,
     "uniid_two_people_masks.json": two_people_masks,
 }
 

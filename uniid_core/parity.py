@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .anchor import TextAnchor, anchor_hidden, column_means, load_names, transformers_tower
-from .cli import argument_parser, path_problem, require_paths, run_cli
+from .cli import argument_parser, run_cli
 from .diffusers_processor import install_uniid_processors, set_adapter_scale
 from .errors import UniIDError
 from .schedule import MergeSchedule
@@ -554,7 +554,6 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared machine)"
     )
     args = parser.parse_args(argv)
-    require_paths(path_problem("golden_dir", args.golden_dir, "folder", "make_weights.py", "golden data"))
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers.utils import logging as transformers_logging

@@ -25,7 +25,7 @@ NODES = [
 def test_every_node_is_registered_by_comfy_loader(comfy):
     for name in NODES:
         cls = comfy.nodes.NODE_CLASS_MAPPINGS[name]
-        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.ComfyUI-UniID"
+        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.comfyui-uniid"
         assert cls.CATEGORY == "UniID"
         assert callable(getattr(cls(), cls.FUNCTION))
         assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("UniID ")
@@ -35,6 +35,17 @@ def test_every_node_is_registered_by_comfy_loader(comfy):
             for input_name, entry in section.items():
                 assert len(entry) == 2 and entry[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
     assert "insightface" not in sys.modules, "the pack must import insightface lazily"
+
+
+def test_every_registered_node_has_a_help_page_comfyui_serves(comfy):
+    from pathlib import Path
+
+    web = Path(comfy.nodes.EXTENSION_WEB_DIRS["comfyui-uniid"]).resolve()
+    ours = [name for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.comfyui-uniid"]
+    assert set(NODES) <= set(ours)
+    missing = [name for name in ours if not (web / "docs" / f"{name}.md").is_file()]
+    assert not missing, f"the frontend finds no help page for {missing}: add web/docs/<NodeName>.md"
 
 
 def test_model_folders_follow_extra_model_paths(comfy, tmp_path):

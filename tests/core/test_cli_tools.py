@@ -156,7 +156,7 @@ def test_parity_needs_the_golden_folder(tmp_path: Path, capsys) -> None:
     from uniid_core import parity
 
     status, err = _run(parity.main, [str(tmp_path)], capsys)
-    assert status == 1 and f"golden_dir {tmp_path} holds no make_weights.py" in _one_error_line(err)
+    assert status == 1 and f"{tmp_path} holds no golden_case*.safetensors" in _one_error_line(err)
 
 
 def test_os_errors_name_the_file_and_what_to_do(tmp_path: Path, capsys) -> None:
