@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from training.data import FORMAT_VERSION, INDEX_NAME, SHARD_DIR, resize_target, write_json_atomic
-from uniid_core.cli import argument_parser, run_cli
+from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.errors import FaceDetectionError, UniIDError
 from uniid_core.face.align import align_face
 from uniid_core.face.class_word import class_word_from_gender
@@ -326,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Prepare (or finish preparing) a dataset and print a summary; returns the report."""
     args = parse_args(argv)
+    if args.latents:
+        require_paths(path_problem("--base", args.base, "folder", "model_index.json", "a diffusers SDXL folder"))
     out = Path(args.out)
     part, parts = args.part
     items = collect_inputs(args.images)[part::parts]

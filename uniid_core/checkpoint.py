@@ -134,6 +134,8 @@ def _flatten(obj: Mapping, prefix: str = "") -> dict[str, Tensor]:
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a weights file; give the weights file inside it")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; check the path (or download the weights first)")
     if path.suffix.lower() == ".onnx":

@@ -150,6 +150,8 @@ def test_export_and_prepare_name_the_wrong_input(tmp_path: Path, capsys) -> None
     argv = ["--images", str(tmp_path / "photos"), "--out", str(tmp_path / "ds")]
     status, err = _run(prepare.main, argv, capsys)
     assert status == 1 and f"--images {tmp_path / 'photos'}" in _one_error_line(err)
+    status, err = _run(prepare.main, [*argv, "--latents", "--base", str(tmp_path / "sdxl")], capsys)
+    assert status == 1 and f"--base {tmp_path / 'sdxl'}: no such file or folder" in _one_error_line(err)
 
 
 def test_parity_needs_the_golden_folder(tmp_path: Path, capsys) -> None:

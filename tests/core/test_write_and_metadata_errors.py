@@ -101,6 +101,13 @@ def test_identity_with_damaged_metadata_names_file_and_field(tmp_path: Path, fie
     assert str(info.value).startswith(f"{path}: damaged identity metadata ({field}={value!r}")
 
 
+def test_a_folder_given_as_the_face_net_is_called_a_folder(tmp_path: Path) -> None:
+    from uniid_core.checkpoint import load_face_net
+
+    with pytest.raises(CheckpointError, match=f"{tmp_path} is a folder, not a weights file"):
+        load_face_net(tmp_path)
+
+
 def test_shape_problems_name_the_file(tmp_path: Path, tiny_model) -> None:
     state = {k: v for k, v in tiny_model.state_dict().items() if k != "adapter_branch.latents"}
     path = tmp_path / "no_latents.bin"
