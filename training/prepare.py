@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Prepare (or finish preparing) a dataset and print a summary; returns the report."""
     args = parse_args(argv)
     if args.latents:
-        require_paths(path_problem("--base", args.base, "folder", "model_index.json", "a diffusers SDXL folder"))
+        require_paths(path_problem("--base", args.base, "folder", "model_index.json", "an SDXL folder"))
     out = Path(args.out)
     part, parts = args.part
     items = collect_inputs(args.images)[part::parts]
