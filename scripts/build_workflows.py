@@ -105,6 +105,7 @@ class Common:
 
     def __init__(self, graph: Graph, width: int = 1024, height: int = 1024, faces: bool = True) -> None:
         self.g = graph
+        self.faces = faces
         self.ckpt = graph.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
         self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
         if faces:
@@ -115,6 +116,21 @@ class Common:
                                   text=NEGATIVE)
         graph.connect(self.ckpt, "CLIP", self.negative, "clip")
         self.size = (width, height)
+
+    def notes(self, start: str) -> None:
+        """The 'Start here' note, the model-files note and, where faces are encoded, the detector note."""
+        self.g.note(start, START_POS, START_SIZE, "Start here")
+        self.g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+        if self.faces:
+            self.g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+
+    def generate(self, identity_from: Node, text: str, prefix: str, **apply_widgets: object) -> Node:
+        """Prompt with <class word> -> UniID Apply on the checkpoint -> sampler and output; one identity."""
+        positive = self.prompt(text, (760, 0), identity_from)
+        apply = self.apply((self.ckpt, "MODEL"), (positive, "conditioning"), identity_from, (1160, 0),
+                           **apply_widgets)
+        self.sample((apply, "model"), (apply, "positive"), prefix)
+        return apply
 
     def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
         """A UniID Encode Face node wired to the shared loaders and the given IMAGE source."""
@@ -177,12 +193,8 @@ def basic(schema: dict) -> dict:
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720))
     c.preview(encode, (760, 720))
-    positive = c.prompt("a photo of a <class word>, portrait, natural light, detailed face", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
-    c.sample((apply, "model"), (apply, "positive"), "uniid_basic")
-    g.note(BASIC_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    c.generate(encode, "a photo of a <class word>, portrait, natural light, detailed face", "uniid_basic")
+    c.notes(BASIC_NOTE)
     g.group("UniID models", [c.uniid, c.face_net, c.detector], "green")
     g.group("Identity from a photo", [photo, encode], "blue")
     return g.to_json("basic")
@@ -202,12 +214,9 @@ def multi_reference(schema: dict) -> dict:
     g.connect(photos[2], "IMAGE", batch2, "image2")
     encode = c.encode(batch2, (760, 720), combine="mean_features", on_no_face="skip")
     c.preview(encode, (1160, 720))
-    positive = c.prompt("a photo of a <class word> reading in a cosy cafe, warm light", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
-    c.sample((apply, "model"), (apply, "positive"), "uniid_multi_reference")
-    g.note(MULTI_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    c.generate(encode, "a photo of a <class word> reading in a cosy cafe, warm light",
+               "uniid_multi_reference")
+    c.notes(MULTI_NOTE)
     g.group("Reference photos", [*photos, batch1, batch2], "blue")
     return g.to_json("multi_reference")
 
@@ -219,14 +228,10 @@ def advanced_schedule(schema: dict) -> dict:
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720), face_selection="index", face_index=0, class_word="auto")
     c.preview(encode, (760, 720))
-    positive = c.prompt("a <class word> as an astronaut on the moon, cinematic lighting", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0), merge_step=8,
-                    text_scale_before=0.4, text_scale_after=1.6, adapter_scale_before=0.6,
-                    adapter_scale_after=1.0, rescale="normalized", start_percent=0.0, end_percent=1.0)
-    c.sample((apply, "model"), (apply, "positive"), "uniid_advanced")
-    g.note(ADVANCED_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    c.generate(encode, "a <class word> as an astronaut on the moon, cinematic lighting", "uniid_advanced",
+               merge_step=8, text_scale_before=0.4, text_scale_after=1.6, adapter_scale_before=0.6,
+               adapter_scale_after=1.0, rescale="normalized", start_percent=0.0, end_percent=1.0)
+    c.notes(ADVANCED_NOTE)
     return g.to_json("advanced_schedule")
 
 
@@ -238,12 +243,8 @@ def save_identity(schema: dict) -> dict:
     encode = c.encode(photo, (380, 720))
     save = g.add("UniIDSaveIdentity", (380, 1040), name="my_person", overwrite=True)
     g.connect(encode, "identity", save, "identity")
-    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
-    c.sample((apply, "model"), (apply, "positive"), "uniid_save_identity")
-    g.note(SAVE_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    c.generate(encode, "a photo of a <class word> hiking in the mountains", "uniid_save_identity")
+    c.notes(SAVE_NOTE)
     g.group("Encode and save", [photo, encode, save], "blue")
     return g.to_json("save_identity")
 
@@ -253,11 +254,8 @@ def load_identity(schema: dict) -> dict:
     g = Graph(schema)
     c = Common(g, faces=False)
     load = g.add("UniIDLoadIdentity", (0, 430), identity_file="identities/my_person.safetensors")
-    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), load)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), load, (1160, 0))
-    c.sample((apply, "model"), (apply, "positive"), "uniid_load_identity")
-    g.note(LOAD_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    c.generate(load, "a photo of a <class word> hiking in the mountains", "uniid_load_identity")
+    c.notes(LOAD_NOTE)
     g.group("Saved identity", [load], "purple")
     return g.to_json("load_identity")
 
@@ -297,9 +295,7 @@ def two_people_masks(schema: dict) -> dict:
         g.connect(apply, "positive", merge, "conditioning_2")
         combined = (merge, "CONDITIONING")
     c.sample(model, combined, "uniid_two_people", x=2300)
-    g.note(TWO_PEOPLE_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    c.notes(TWO_PEOPLE_NOTE)
     g.group("Masks", [empty, half, *masks], "yellow")
     return g.to_json("two_people_masks")
 

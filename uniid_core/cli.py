@@ -1,7 +1,7 @@
 """The shared runner of every command-line tool: a user's mistake ends in one clear line, not a traceback.
 
 Each tool builds its options with ``argument_parser`` (help shows every default, plus ``--debug``) and
-runs through ``run`` (``sys.exit(run_cli(main))``). ``--debug`` or ``UNIID_DEBUG=1`` shows the full traceback.
+ends in ``sys.exit(run_cli(main))``. ``--debug`` or ``UNIID_DEBUG=1`` shows the full traceback.
 """
 
 from __future__ import annotations
