@@ -9,10 +9,10 @@ time) are the figures that mean something, absolute times drift with machine loa
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
+from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.diffusers_processor import UniIDAttnProcessor  # noqa: E402
 
 CONTEXT_DIM = 2048
@@ -83,7 +84,7 @@ def _timer(device: str) -> Callable[[], float]:
     return time.perf_counter
 
 
-def bench_shape(tokens: int, width: int, args: argparse.Namespace) -> dict[str, list[float]]:
+def bench_shape(tokens: int, width: int, args: Namespace) -> dict[str, list[float]]:
     """Per-variant lists of per-call seconds over interleaved rounds for one layer shape."""
     device, dtype = args.device, DTYPES[args.dtype]
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -124,12 +125,12 @@ def bench_shape(tokens: int, width: int, args: argparse.Namespace) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the ratio lines."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser = argument_parser("python benchmarks/bench_attention.py", __doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="compute dtype")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per variant")
+    parser.add_argument("--iters", type=int, default=3, help="layer calls timed per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before the rounds")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -160,4 +161,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

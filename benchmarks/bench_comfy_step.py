@@ -11,7 +11,6 @@ in fp16 (random weights, real shapes).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -21,6 +20,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402
+
+
+def _comfyui_problem(path: str | None) -> str | None:
+    """Why ``path`` is not a usable ComfyUI folder (None when it is)."""
+    if not path:
+        return "give --comfyui PATH or set COMFYUI_PATH to a ComfyUI 0.3.64+ folder"
+    if not (Path(path) / "comfy").is_dir() or not (Path(path) / "nodes.py").is_file():
+        return f"{path} is not a ComfyUI folder (no comfy/ and nodes.py there)"
+    return None
 
 
 def _comfy(path: str, device: str):
@@ -35,7 +46,7 @@ def _comfy(path: str, device: str):
     import nodes
 
     comfy.utils.set_progress_bar_enabled(False)
-    link = Path(tempfile.mkdtemp()) / "ComfyUI-UniID"
+    link = Path(tempfile.mkdtemp()) / "comfyui-uniid"
     link.symlink_to(REPO, target_is_directory=True)
     if not asyncio.run(nodes.load_custom_node(str(link))):
         raise SystemExit("ComfyUI could not load the UniID pack")
@@ -79,19 +90,24 @@ def _init(module, seed: int) -> None:
                 param.normal_(1.0 if name.endswith("weight") else 0.0, 0.02, generator=gen)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+def main(argv: list[str] | None = None) -> int:
+    """Time both variants in interleaved rounds and print the ratio (skipped without ComfyUI)."""
+    parser = argument_parser("python benchmarks/bench_comfy_step.py", __doc__.splitlines()[0])
     parser.add_argument(
-        "--size", type=int, default=0, help="image side in pixels (default 256 CPU, 1024 GPU)"
+        "--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI folder (default: $COMFYUI_PATH)"
     )
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--rescale", default="normalized")
-    args = parser.parse_args()
-    if not args.comfyui:
-        raise SystemExit("give --comfyui or set COMFYUI_PATH")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    parser.add_argument(
+        "--size", type=int, default=0, help="image side in pixels (0: 256 on CPU, 1024 on GPU)"
+    )
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps per timed run")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant")
+    parser.add_argument("--rescale", default="normalized", help="UniID rescale mode (normalized or add)")
+    args = parser.parse_args(argv)
+    problem = _comfyui_problem(args.comfyui)
+    if problem:
+        print(f"skipped: this benchmark runs inside ComfyUI; {problem}")
+        return 0
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,7 +188,8 @@ def main() -> None:
             f"{name:6s} median {median * 1000:.1f} ms/step (all: {[round(t * 1000, 1) for t in times[name]]})"
         )
     print(f"ratio uniid/plain: {uniid_time / plain:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

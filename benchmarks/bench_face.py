@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.errors import UniIDError  # noqa: E402
 from uniid_core.face.align import align_face, faces_to_tensor  # noqa: E402
 from uniid_core.face.detect import FaceDetector, make_detector  # noqa: E402
@@ -108,14 +109,18 @@ def _face_net(threads: int | None) -> Callable[[np.ndarray], object] | None:
     return run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print a per-image timing table: detection, alignment, face net and their sum (ms)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", type=Path)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = argument_parser("python benchmarks/bench_face.py", __doc__.splitlines()[0])
+    parser.add_argument(
+        "images", nargs="*", type=Path, help="photos to time (default: insightface's sample photos)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per image (fastest is shown)")
     parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
-    parser.add_argument("--insightface-root", default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--insightface-root", default=None, help="insightface model root (default: insightface's own)"
+    )
+    args = parser.parse_args(argv)
 
     import onnxruntime
     import torch
@@ -157,7 +162,8 @@ def main() -> None:
             )
     if face_net is None:
         print("face-net time not measured (uniid_core.models.iresnet missing): detection + alignment only")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

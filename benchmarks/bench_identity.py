@@ -10,7 +10,6 @@ Measures one encode (face net + text branch + adapter branch on one face) and th
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.identity import encode_identity  # noqa: E402
 from uniid_core.models import UniIDConfig, UniIDModel, iresnet100  # noqa: E402
 
@@ -60,10 +60,12 @@ def timed(fn: Callable[[], object], device: str, rounds: int, warmup: int = 2) -
 
 def main(argv: list[str] | None = None) -> int:
     """Print the timing table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser = argument_parser("python benchmarks/bench_identity.py", __doc__.split("\n")[0])
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="compute dtype")
+    parser.add_argument("--rounds", type=int, default=7, help="timed runs per row")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -100,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -11,7 +11,6 @@ adapter stage on the same random-weight model; rounds are interleaved and median
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from training.config import TrainConfig  # noqa: E402
 from training.data import faces_uint8_to_input, pixels_to_unit_range, resize_target  # noqa: E402
 from training.prepare import main as prepare_main  # noqa: E402
 from training.train import Trainer, step_generator  # noqa: E402
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.diffusers_processor import install_uniid_processors  # noqa: E402
 from uniid_core.face.align import align_face  # noqa: E402
 from uniid_core.face.detect import make_detector  # noqa: E402
@@ -350,13 +350,14 @@ def os_threads() -> int:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Build both setups, run interleaved rounds, print a JSON summary."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argument_parser("python benchmarks/bench_train.py", __doc__.split("\n")[0])
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="tiny" if not torch.cuda.is_available() else "sdxl"
+        "--preset", choices=sorted(PRESETS), default="tiny" if not torch.cuda.is_available() else "sdxl",
+        help="model sizes: sdxl (real shapes, GPU) or tiny (anywhere)",
     )
     parser.add_argument("--batch", type=int, default=None, help="default 8 (sdxl) / 2 (tiny)")
     parser.add_argument("--resolution", type=int, default=None, help="default 512 (sdxl) / 128 (tiny)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per setup")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per round")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of each setup")
     parser.add_argument(
@@ -474,4 +475,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -19,7 +19,7 @@ def _safe_name(name: str) -> str:
 
 
 class UniIDSaveIdentity:
-    """Write an identity to models/uniid/identities/<name>.safetensors."""
+    """Write an identity to identities/<name>.safetensors in the first configured uniid model folder."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -28,7 +28,11 @@ class UniIDSaveIdentity:
                 "identity": ("UNIID_IDENTITY", {"tooltip": "The identity to keep"}),
                 "name": (
                     "STRING",
-                    {"default": "identity", "tooltip": "File name (saved in models/uniid/identities/)"},
+                    {
+                        "default": "identity",
+                        "tooltip": "File name; saved in identities/ of the first uniid model folder "
+                        "(models/uniid, or the first 'uniid:' folder of extra_model_paths.yaml)",
+                    },
                 ),
                 "overwrite": (
                     "BOOLEAN",
@@ -60,7 +64,7 @@ class UniIDSaveIdentity:
 
 
 class UniIDLoadIdentity:
-    """Read an identity saved by UniID Save Identity (models/uniid/identities or the input folder)."""
+    """Read an identity saved by UniID Save Identity (identities/ of any uniid folder, or input/)."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -68,7 +72,10 @@ class UniIDLoadIdentity:
             "required": {
                 "identity_file": (
                     paths.identity_choices(),
-                    {"tooltip": "Saved identity (identities/: models/uniid/identities)"},
+                    {
+                        "tooltip": "Saved identity: identities/ of every uniid model folder, then ComfyUI's "
+                        "input folder"
+                    },
                 ),
             }
         }

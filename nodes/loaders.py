@@ -160,7 +160,7 @@ class UniIDFaceDetectorLoader:
         options: dict = {}
         if backend == "insightface":
             options = {
-                "root": paths.insightface_root(),
+                "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
                 "name": insightface_model,
                 "provider": provider,
                 "det_size": det_size,

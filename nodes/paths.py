@@ -32,9 +32,10 @@ UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
 
 
 def _register(name: str, extensions: set[str]) -> None:
-    """Add models/<name> as a default path and our extensions, keeping paths from extra_model_paths.yaml."""
+    """Add models/<name> and our extensions; folders from extra_model_paths.yaml stay first, so the user's
+    own folder is where new files (saved identities) go."""
     default = os.path.join(folder_paths.models_dir, name)
-    folder_paths.add_model_folder_path(name, default, is_default=True)
+    folder_paths.add_model_folder_path(name, default, is_default=False)
     paths, known = folder_paths.folder_names_and_paths[name]
     folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
 
@@ -56,6 +57,12 @@ def _listable(name: str) -> bool:
     return parts[0] != IDENTITY_SUBDIR and not any(part.startswith(".") for part in parts)
 
 
+def _has_content(folder: str, name: str) -> bool:
+    """False for an empty (0-byte) file: an interrupted download is no choice to offer."""
+    path = folder_paths.get_full_path(folder, name)
+    return path is not None and os.path.getsize(path) > 0
+
+
 def release_dirs() -> list[str]:
     """Folders directly under models/uniid that hold UniID branch files (recognised by their keys)."""
     found = set()
@@ -72,7 +79,8 @@ def release_dirs() -> list[str]:
 def uniid_weight_choices() -> list[str]:
     """Dropdown entries for UniID weights: release folders, then .safetensors/.bin files under models/uniid.
 
-    Training state (optimizer.bin, ...), saved identities and face nets live there too and are left out.
+    Training state (optimizer.bin, ...), saved identities, face nets and empty files live there too and
+    are left out.
     """
     files = [
         f
@@ -80,6 +88,7 @@ def uniid_weight_choices() -> list[str]:
         if _listable(f)
         and os.path.splitext(f)[1].lower() in UNIID_EXTENSIONS
         and is_weights_name(f)
+        and _has_content(UNIID_FOLDER, f)
         and classify_file(folder_paths.get_full_path(UNIID_FOLDER, f)) != KIND_FACE_NET
     ]
     return release_dirs() + files
@@ -102,6 +111,7 @@ def face_net_choices() -> list[str]:
                 os.path.splitext(name)[1].lower() in FACE_NET_EXTENSIONS
                 and _listable(name)
                 and is_weights_name(name)
+                and _has_content(folder, name)
                 and _is_face_net_choice(folder_paths.get_full_path(folder, name))
             ):
                 out.append(f"{folder}/{name}")
@@ -119,15 +129,6 @@ def insightface_model_choices() -> list[str]:
                 )
     found = sorted(names, key=lambda name: (name != DEFAULT_INSIGHTFACE_PACK, name))
     return found or [DEFAULT_INSIGHTFACE_PACK, "antelopev2"]
-
-
-def insightface_root() -> str:
-    """The insightface root (the folder that holds models/<pack>/): the first one that exists."""
-    dirs = folder_dirs(INSIGHTFACE_FOLDER)
-    for root in dirs:
-        if os.path.isdir(os.path.join(root, "models")):
-            return root
-    return dirs[0]
 
 
 def _missing(folder: str, name: str) -> CheckpointError:
@@ -164,14 +165,15 @@ def resolve_face_net(choice: str) -> str:
 
 
 def identity_dir() -> str:
-    """Where saved identities live: models/uniid/identities (created on demand)."""
+    """Where new identities are saved: identities/ in the first configured uniid folder (created on demand;
+    an extra_model_paths.yaml entry comes before ComfyUI/models/uniid)."""
     path = os.path.join(folder_dirs(UNIID_FOLDER)[0], IDENTITY_SUBDIR)
     os.makedirs(path, exist_ok=True)
     return path
 
 
 def identity_choices() -> list[str]:
-    """Saved identities: models/uniid/identities/*.safetensors, then the input folder's *.safetensors."""
+    """Saved identities: identities/*.safetensors of every uniid folder, then the input folder's."""
     out = []
     for root in folder_dirs(UNIID_FOLDER):
         sub = os.path.join(root, IDENTITY_SUBDIR)
@@ -180,7 +182,7 @@ def identity_choices() -> list[str]:
     in_dir = folder_paths.get_input_directory()
     if os.path.isdir(in_dir):
         out += [f"input/{f}" for f in sorted(os.listdir(in_dir)) if f.endswith(".safetensors")]
-    return out
+    return list(dict.fromkeys(out))
 
 
 def resolve_identity(choice: str) -> str:

@@ -26,11 +26,21 @@ comes, listed as '<folder>/' (or a single uniid_sdxl.safetensors)
 packs into these folders and says where the rest goes.
 After adding files, press R (refresh) so the dropdowns list them."""
 
-DETECTOR_NOTE = """FACE DETECTOR
-- mtcnn: works out of the box (no insightface); the class word becomes 'person' unless you type one.
-- insightface: needs `pip install insightface` and models/insightface/models/buffalo_l (or \
-antelopev2); detects gender, so 'auto' gives 'man'/'woman' like the official code.
-- pre-aligned: your images already are 112x112 ArcFace crops.
+DETECTOR_NOTE = """FACE DETECTOR: this graph uses mtcnn, which ships with the pack (no insightface, \
+no download); the class word becomes 'person' unless you type one in UniID Encode Face.
+
+To switch to insightface (the official detector; it reads gender, so class_word 'auto' gives \
+'man'/'woman'): `pip install insightface`, unzip buffalo_l.zip into \
+ComfyUI/models/insightface/models/buffalo_l/, press R, then set backend = insightface and \
+insightface_model = buffalo_l in 'UniID Face Detector Loader'.
+pre-aligned: your images already are 112x112 ArcFace crops.
+provider: CPU works everywhere; CUDA needs onnxruntime-gpu instead of onnxruntime."""
+
+OFFICIAL_DETECTOR_NOTE = """FACE DETECTOR: this graph uses insightface buffalo_l at det size 320, as the \
+official script does (it is part of what this workflow reproduces). It needs `pip install insightface` \
+and buffalo_l.zip unzipped into ComfyUI/models/insightface/models/buffalo_l/ (press R afterwards).
+Without insightface, set backend = mtcnn (bundled, no download): the graph then runs, but the aligned \
+face, and so the image, differ slightly from the official ones.
 provider: CPU works everywhere; CUDA needs onnxruntime-gpu instead of onnxruntime."""
 
 
@@ -64,19 +74,24 @@ sum.
 - start/end_percent: the part of sampling where the identity is active at all.
 
 More identity: raise the 'after' scales. More prompt control: lower them or raise merge_step.
-This graph uses the insightface detector (man/woman class word) and face_selection = index (0 = \
-leftmost face)."""
+face_selection = index picks one face of a group photo (0 = leftmost, -1 = rightmost)."""
 
-SAVE_NOTE = """SAVE AND REUSE AN IDENTITY
+SAVE_NOTE = """SAVE AN IDENTITY (one queue press)
 
-A (blue): encodes the photo and saves the identity to \
-ComfyUI/models/uniid/identities/my_person.safetensors.
-B (purple): loads it and generates, no photo or face detector needed.
+The photo is encoded once; 'UniID Save Identity' writes it to identities/my_person.safetensors in \
+your uniid model folder (ComfyUI/models/uniid, or the first 'uniid:' folder of \
+extra_model_paths.yaml), and the same identity makes a picture right away.
 
-First run: select the purple group and bypass it (Ctrl+B), queue once to save, then press R so \
-'UniID Load Identity' lists the file, un-bypass and queue.
-Later: bypass the blue group instead. An identity only works with the UniID weights it was encoded \
-with (checked)."""
+Then open the template uniid_load_identity to reuse it without the photo or the face models \
+(press R first so the new file is listed)."""
+
+LOAD_NOTE = """REUSE A SAVED IDENTITY
+
+'UniID Load Identity' lists identities/*.safetensors of every uniid model folder (and .safetensors \
+files in ComfyUI's input folder). No photo, face net or face detector is needed.
+
+Save one first with the template uniid_save_identity (then press R). An identity only works with \
+the UniID weights it was encoded with (checked)."""
 
 TWO_PEOPLE_NOTE = """TWO PEOPLE IN ONE PICTURE
 
@@ -105,20 +120,40 @@ keeps the latents in float32, the script in float16)."""
 
 
 class Common:
-    """The nodes every UniID workflow shares: checkpoint, UniID loaders, negative prompt, sampler, output."""
+    """The nodes every UniID workflow shares: checkpoint, UniID loaders, negative prompt, sampler, output.
+
+    Face models (face net + detector, the bundled mtcnn unless another is named) only where faces are encoded.
+    """
 
     def __init__(self, graph: Graph, detector: str = "mtcnn", width: int = 1024, height: int = 1024,
-                 **detector_widgets: object) -> None:
+                 faces: bool = True, **detector_widgets: object) -> None:
         self.g = graph
+        self.faces = faces
         self.ckpt = graph.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
         self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
-        self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
-        self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend=detector,
-                                  insightface_model="buffalo_l", provider="CPU", **detector_widgets)
+        if faces:
+            self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
+            self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend=detector,
+                                      insightface_model="buffalo_l", provider="CPU", **detector_widgets)
         self.negative = graph.add("CLIPTextEncode", (760, 250), title="Negative prompt", node_width=360,
                                   text=NEGATIVE)
         graph.connect(self.ckpt, "CLIP", self.negative, "clip")
         self.size = (width, height)
+
+    def notes(self, start: str) -> None:
+        """The 'Start here' note, the model-files note and, where faces are encoded, the detector note."""
+        self.g.note(start, START_POS, START_SIZE, "Start here")
+        self.g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+        if self.faces:
+            self.g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+
+    def generate(self, identity_from: Node, text: str, prefix: str, **apply_widgets: object) -> Node:
+        """Prompt with <class word> -> UniID Apply on the checkpoint -> sampler and output; one identity."""
+        positive = self.prompt(text, (760, 0), identity_from)
+        apply = self.apply((self.ckpt, "MODEL"), (positive, "conditioning"), identity_from, (1160, 0),
+                           **apply_widgets)
+        self.sample((apply, "model"), (apply, "positive"), prefix)
+        return apply
 
     def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
         """A UniID Encode Face node wired to the shared loaders and the given IMAGE source."""
@@ -181,12 +216,8 @@ def basic(schema: dict) -> dict:
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720))
     c.preview(encode, (760, 720))
-    positive = c.prompt("a photo of a <class word>, portrait, natural light, detailed face", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
-    c.sample((apply, "model"), (apply, "positive"), "uniid_basic")
-    g.note(BASIC_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    c.generate(encode, "a photo of a <class word>, portrait, natural light, detailed face", "uniid_basic")
+    c.notes(BASIC_NOTE)
     g.group("UniID models", [c.uniid, c.face_net, c.detector], "green")
     g.group("Identity from a photo", [photo, encode], "blue")
     return g.to_json("basic")
@@ -206,50 +237,50 @@ def multi_reference(schema: dict) -> dict:
     g.connect(photos[2], "IMAGE", batch2, "image2")
     encode = c.encode(batch2, (760, 720), combine="mean_features", on_no_face="skip")
     c.preview(encode, (1160, 720))
-    positive = c.prompt("a photo of a <class word> reading in a cosy cafe, warm light", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0))
-    c.sample((apply, "model"), (apply, "positive"), "uniid_multi_reference")
-    g.note(MULTI_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    c.generate(encode, "a photo of a <class word> reading in a cosy cafe, warm light",
+               "uniid_multi_reference")
+    c.notes(MULTI_NOTE)
     g.group("Reference photos", [*photos, batch1, batch2], "blue")
     return g.to_json("multi_reference")
 
 
 def advanced_schedule(schema: dict) -> dict:
-    """Every schedule control of UniID Apply, with the insightface detector."""
+    """Every schedule control of UniID Apply (bundled mtcnn detector, one face picked by index)."""
     g = Graph(schema)
-    c = Common(g, detector="insightface")
+    c = Common(g)
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720), face_selection="index", face_index=0, class_word="auto")
     c.preview(encode, (760, 720))
-    positive = c.prompt("a <class word> as an astronaut on the moon, cinematic lighting", (760, 0), encode)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), encode, (1160, 0), merge_step=8,
-                    text_scale_before=0.4, text_scale_after=1.6, adapter_scale_before=0.6,
-                    adapter_scale_after=1.0, rescale="normalized", start_percent=0.0, end_percent=1.0)
-    c.sample((apply, "model"), (apply, "positive"), "uniid_advanced")
-    g.note(ADVANCED_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    c.generate(encode, "a <class word> as an astronaut on the moon, cinematic lighting", "uniid_advanced",
+               merge_step=8, text_scale_before=0.4, text_scale_after=1.6, adapter_scale_before=0.6,
+               adapter_scale_after=1.0, rescale="normalized", start_percent=0.0, end_percent=1.0)
+    c.notes(ADVANCED_NOTE)
     return g.to_json("advanced_schedule")
 
 
-def save_load_identity(schema: dict) -> dict:
-    """Encode once and save; reuse the saved identity without the photo."""
+def save_identity(schema: dict) -> dict:
+    """Encode a photo once, save the identity, and generate with it in the same run."""
     g = Graph(schema)
     c = Common(g)
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720))
     save = g.add("UniIDSaveIdentity", (380, 1040), name="my_person", overwrite=True)
     g.connect(encode, "identity", save, "identity")
-    load = g.add("UniIDLoadIdentity", (760, 500), identity_file="identities/my_person.safetensors")
-    positive = c.prompt("a photo of a <class word> hiking in the mountains", (760, 0), load)
-    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), load, (1160, 0))
-    generate = c.sample((apply, "model"), (apply, "positive"), "uniid_saved_identity")
-    g.note(SAVE_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.group("A: encode and save", [photo, encode, save], "blue")
-    g.group("B: load and generate", [load, positive, c.negative, apply, *generate], "purple")
-    return g.to_json("save_load_identity")
+    c.generate(encode, "a photo of a <class word> hiking in the mountains", "uniid_save_identity")
+    c.notes(SAVE_NOTE)
+    g.group("Encode and save", [photo, encode, save], "blue")
+    return g.to_json("save_identity")
+
+
+def load_identity(schema: dict) -> dict:
+    """Generate from a saved identity: no photo, face net or face detector."""
+    g = Graph(schema)
+    c = Common(g, faces=False)
+    load = g.add("UniIDLoadIdentity", (0, 430), identity_file="identities/my_person.safetensors")
+    c.generate(load, "a photo of a <class word> hiking in the mountains", "uniid_load_identity")
+    c.notes(LOAD_NOTE)
+    g.group("Saved identity", [load], "purple")
+    return g.to_json("load_identity")
 
 
 def two_people_masks(schema: dict) -> dict:
@@ -287,8 +318,7 @@ def two_people_masks(schema: dict) -> dict:
         g.connect(apply, "positive", merge, "conditioning_2")
         combined = (merge, "CONDITIONING")
     c.sample(model, combined, "uniid_two_people", x=2300)
-    g.note(TWO_PEOPLE_NOTE, START_POS, START_SIZE, "Start here")
-    g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
+    c.notes(TWO_PEOPLE_NOTE)
     g.group("Masks", [empty, half, *masks], "yellow")
     return g.to_json("two_people_masks")
 
@@ -328,7 +358,7 @@ def official_settings(schema: dict) -> dict:
     g.connect(decode, "IMAGE", save, "images")
     g.note(OFFICIAL_NOTE, START_POS, START_SIZE, "Start here")
     g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
-    g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+    g.note(OFFICIAL_DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
     g.group("Official sampling", [schedule, noise, guider, sampler, latent, sample], "red")
     return g.to_json("official_settings")
 
@@ -337,7 +367,8 @@ WORKFLOWS = {
     "uniid_basic.json": basic,
     "uniid_multi_reference.json": multi_reference,
     "uniid_advanced_schedule.json": advanced_schedule,
-    "uniid_save_load_identity.json": save_load_identity,
+    "uniid_save_identity.json": save_identity,
+    "uniid_load_identity.json": load_identity,
     "uniid_two_people_masks.json": two_people_masks,
     "uniid_official_settings.json": official_settings,
 }

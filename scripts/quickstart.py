@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from uniid_core.cli import argument_parser, run_cli  # noqa: E402  (light: no torch, so --help is instant)
+
 STANDIN_DIR = Path(os.environ.get("UNIID_STANDIN_DIR", REPO_ROOT / ".quickstart" / "standin"))
 BANNER = "=" * 78
 SAMPLE_PHOTO = REPO_ROOT / "scripts" / "assets" / "eileen_collins.jpg"
@@ -37,14 +41,28 @@ def _official_detector(insightface_root: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (each model path also read from an environment variable)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--base", default=os.environ.get("UNIID_BASE"), help="diffusers SDXL folder")
-    parser.add_argument("--uniid", default=os.environ.get("UNIID_WEIGHTS"), help="UniID weights")
-    parser.add_argument("--face-net", default=os.environ.get("UNIID_FACE_NET"), help="IResNet-100 backbone")
+    parser = argument_parser(
+        "bash scripts/quickstart.sh",
+        "Make one face-personalised image with UniID: from your model files when all three are given, "
+        "else from small random stand-in weights (the image is then noise, but every stage has run).",
+    )
+    parser.add_argument(
+        "--base", default=os.environ.get("UNIID_BASE"), help="diffusers SDXL folder (or $UNIID_BASE)"
+    )
+    parser.add_argument(
+        "--uniid", default=os.environ.get("UNIID_WEIGHTS"), help="UniID weights (or $UNIID_WEIGHTS)"
+    )
+    parser.add_argument(
+        "--face-net",
+        default=os.environ.get("UNIID_FACE_NET"),
+        help="IResNet-100 face net, e.g. glint360k_r100.pth (or $UNIID_FACE_NET)",
+    )
     parser.add_argument(
         "--ref", nargs="+", help=f"reference photo(s) of one person (default: {SAMPLE_PHOTO.name})"
     )
-    parser.add_argument("--prompt", default="a photo of a <class word>, portrait, natural light")
+    parser.add_argument(
+        "--prompt", default="a photo of a <class word>, portrait, natural light", help="the prompt"
+    )
     parser.add_argument(
         "--detector",
         default=None,
@@ -54,17 +72,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--insightface-root",
         default=os.environ.get("UNIID_INSIGHTFACE_ROOT", "~/.insightface"),
-        help="folder holding models/buffalo_l/*.onnx",
+        help="folder holding models/buffalo_l/*.onnx (or $UNIID_INSIGHTFACE_ROOT)",
     )
-    parser.add_argument("--out", default=str(REPO_ROOT / "quickstart-output"))
-    parser.add_argument("--seed", default="42")
+    parser.add_argument("--out", default=str(REPO_ROOT / "quickstart-output"), help="output folder")
+    parser.add_argument("--seed", default="42", help="sampling seed (official: 42)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Pick real or stand-in weights, run uniid_core.generate, report where the image is."""
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT))
     from uniid_core.generate import main as generate
 
     given = [args.base, args.uniid, args.face_net]
@@ -118,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -25,7 +25,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = REPO_ROOT / "workflows"
 SNAPSHOT = REPO_ROOT / "tests" / "packaging" / "data" / "node_schema.json"
-PACK_NAME = "ComfyUI-UniID"
+PACK_NAME = "comfyui-uniid"
+"""The folder a Comfy Registry install creates: the pyproject name."""
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 SEED_NAMES = {"seed", "noise_seed"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -335,7 +336,9 @@ def _quiet() -> Iterator[None]:
 
 
 def write_placeholders(base: Path) -> None:
-    """Create the model and input files the example workflows name (empty models, plain-colour photos)."""
+    """Create the model and input files the example workflows name (stand-in bytes, plain-colour photos).
+
+    Not empty: the dropdowns leave out 0-byte files (interrupted downloads)."""
     from PIL import Image
 
     for rel in PLACEHOLDER_FILES:
@@ -345,7 +348,7 @@ def write_placeholders(base: Path) -> None:
             shade = 90 + 20 * PLACEHOLDER_FILES.index(rel) % 120
             Image.new("RGB", (256, 256), (shade, shade - 20, shade - 40)).save(path)
         else:
-            path.write_bytes(b"")
+            path.write_bytes(b"placeholder for a workflow check")
 
 
 def live_report(comfyui: Path, pack: Path, workflows: dict[str, dict], block: set[str]) -> dict:

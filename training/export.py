@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from training.checkpointing import EMA_FILE, UNIID_FILE, export_uniid, list_checkpoints
 from uniid_core.checkpoint import load_uniid
+from uniid_core.cli import argument_parser, run_cli
 from uniid_core.errors import CheckpointError
 from uniid_core.models.uniid import UniIDModel
 
@@ -42,7 +42,7 @@ def checkpoint_model(path: Path, use_ema: bool = False) -> UniIDModel:
 
 def main(argv: list[str] | None = None) -> Path:
     """Write the export and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    parser = argument_parser("python -m training.export", __doc__.split("\n")[0])
     parser.add_argument(
         "--checkpoint", required=True, help="checkpoint folder, run output folder or UniID file"
     )
@@ -56,4 +56,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from training.data import FORMAT_VERSION, INDEX_NAME, SHARD_DIR, resize_target, write_json_atomic
+from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.errors import FaceDetectionError, UniIDError
 from uniid_core.face.align import align_face
 from uniid_core.face.class_word import class_word_from_gender
@@ -272,7 +273,7 @@ def _part(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n")[0])
+    parser = argument_parser("python -m training.prepare", __doc__.split("\n")[0])
     parser.add_argument(
         "--images", nargs="+", required=True, help="folders, file lists (.txt) or image files"
     )
@@ -300,16 +301,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_part,
         default=(0, 1),
         metavar="I/N",
-        help="process only every N-th image from the I-th",
+        help="process only every N-th image, starting at the I-th (default: 0/1, every image)",
     )
     parser.add_argument(
         "--latents", action="store_true", help="also cache VAE latents of the training targets"
     )
     parser.add_argument("--base", default=None, help="diffusers SDXL folder (for --latents)")
     parser.add_argument("--resolution", type=int, default=512, help="target size for --latents")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--vae-dtype", choices=("fp32", "fp16"), default="fp32")
-    parser.add_argument("--vae-batch", type=int, default=8)
+    parser.add_argument(
+        "--detector-provider", default="CPU", help="onnxruntime provider for insightface (CPU, CUDA, ...)"
+    )
+    parser.add_argument("--det-size", type=int, default=640, help="insightface detection size")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device for the VAE"
+    )
+    parser.add_argument("--vae-dtype", choices=("fp32", "fp16"), default="fp32", help="VAE precision")
+    parser.add_argument("--vae-batch", type=int, default=8, help="images per VAE encoder call")
     args = parser.parse_args(argv)
     if args.latents and not args.base:
         parser.error("--latents needs --base SDXL_DIR (the VAE to encode with)")
@@ -319,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Prepare (or finish preparing) a dataset and print a summary; returns the report."""
     args = parse_args(argv)
+    if args.latents:
+        require_paths(path_problem("--base", args.base, "folder", "model_index.json", "an SDXL folder"))
     out = Path(args.out)
     part, parts = args.part
     items = collect_inputs(args.images)[part::parts]
@@ -349,4 +358,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -47,6 +47,7 @@ from training.data import (
     pixels_to_unit_range,
 )
 from uniid_core.checkpoint import load_face_net, save_uniid
+from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.diffusers_processor import install_uniid_processors
 from uniid_core.errors import UniIDError
 
@@ -365,11 +366,9 @@ def train(cfg: TrainConfig, face_net: torch.nn.Module | None = None) -> TrainRes
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(
-        prog="accelerate launch -m training.train", description=__doc__.split("\n")[0]
-    )
+    parser = argument_parser("accelerate launch -m training.train", __doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML or JSON file of TrainConfig fields")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("--resume", default=None, help="resume from 'latest' or a checkpoint folder")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
     return parser.parse_args(argv)
 
@@ -377,9 +376,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> TrainResult:
     """Entry point for `accelerate launch -m training.train`."""
     args = parse_args(argv)
+    require_paths(path_problem("--config", args.config, "file", what="a YAML or JSON config file"))
     overrides = list(args.set) + ([f"resume_from_checkpoint={args.resume}"] if args.resume else [])
     return train(load_config(args.config, overrides))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -10,13 +10,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -50,19 +50,42 @@ _FOREIGN_KINDS = (
 )
 
 
+def _new_temp_file(folder: Path, name: str) -> tuple[Path, int]:
+    """Create an empty hidden temp file beside the target; returns it and the mode a plain
+    ``open(..., "w")`` gives (0666 minus the umask), which the finished file must have."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp, tmp.stat().st_mode & 0o777
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` on a temp file beside ``path``, then rename it to ``path``; no debris on failure."""
+    """Run ``write(tmp)`` on a temp file beside ``path``, then rename it to ``path``; no debris on failure.
+
+    The file gets the permissions a plain write would (umask honoured, readable by another user such as
+    ComfyUI's). A failed write raises CheckpointError naming ``path`` (never the temp file) and the reason.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp: Path | None = None
     try:
-        write(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp, mode = _new_temp_file(target.parent, target.name)
+        write(str(tmp))
+        os.chmod(tmp, mode)  # writers that replace the file (safetensors) leave it 0600
         os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if tmp is not None:
+            reason = reason.replace(str(tmp), str(target))
+        raise CheckpointError(
+            f"could not write {target}: {reason}; check the folder's free space and permissions"
+        ) from exc
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
 
 
 def _brief(keys: Iterable[str]) -> str:
@@ -111,6 +134,8 @@ def _flatten(obj: Mapping, prefix: str = "") -> dict[str, Tensor]:
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a weights file; give the weights file inside it")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; check the path (or download the weights first)")
     if path.suffix.lower() == ".onnx":
@@ -216,43 +241,53 @@ def _layer_count(keys: Iterable[str], prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _require(tensors: Mapping[str, Tensor], key: str, what: str) -> Tensor:
+def _require(tensors: Mapping[str, Tensor], key: str, what: str, source: str) -> Tensor:
     if key not in tensors:
         raise CheckpointError(
-            f"the {what} weights are incomplete: {key} is missing; download or convert the checkpoint again"
+            f"{source}: the {what} weights are incomplete: {key} is missing; download or convert the "
+            "checkpoint again"
         )
     return tensors[key]
 
 
-def infer_config(tensors: Mapping[str, Tensor], family: str = "sdxl") -> UniIDConfig:
-    """UniID sizes read from the tensors themselves (token counts, widths, depths, attn2 layers)."""
+def infer_config(
+    tensors: Mapping[str, Tensor], family: str = "sdxl", source: str = "the UniID weights"
+) -> UniIDConfig:
+    """UniID sizes read from the tensors themselves (token counts, widths, depths, attn2 layers).
+
+    ``source`` (the file or files the tensors came from) starts every error message.
+    """
     keys = list(tensors)
     config = UniIDConfig(None, None, None, family=family)
     if any(k.startswith(TEXT_PREFIX) for k in keys):
-        w1 = _require(tensors, TEXT_PREFIX + "norm_1.weight", "text-branch").shape[0]
+        w1 = _require(tensors, TEXT_PREFIX + "norm_1.weight", "text-branch", source).shape[0]
         if w1 == 768 and TEXT_PREFIX + "norm_2.weight" not in tensors:
             raise CheckpointError(
-                "this text branch has a single 768-wide tower (SD1.5); UniID here supports SDXL (768 + 1280)"
+                f"{source}: this text branch has a single 768-wide tower (SD1.5); UniID here supports SDXL "
+                "(768 + 1280): use UniID weights trained for SDXL"
             )
-        w2 = _require(tensors, TEXT_PREFIX + "norm_2.weight", "text-branch").shape[0]
-        queries = _require(tensors, TEXT_PREFIX + "proj_1.proj.2.weight", "text-branch").shape[0]
+        w2 = _require(tensors, TEXT_PREFIX + "norm_2.weight", "text-branch", source).shape[0]
+        queries = _require(tensors, TEXT_PREFIX + "proj_1.proj.2.weight", "text-branch", source).shape[0]
         config.num_text_tokens = max(1, queries // w1)
         config.text_widths = (int(w1), int(w2))
         config.text_depth = _layer_count(keys, TEXT_PREFIX + "text_resampler_1.layers.")
     if any(k.startswith(ADAPTER_PREFIX) for k in keys):
-        latents = _require(tensors, ADAPTER_PREFIX + "latents", "adapter-branch")
-        proj_out = _require(tensors, ADAPTER_PREFIX + "adapter_resampler.proj_out.weight", "adapter-branch")
+        latents = _require(tensors, ADAPTER_PREFIX + "latents", "adapter-branch", source)
+        proj_out = _require(
+            tensors, ADAPTER_PREFIX + "adapter_resampler.proj_out.weight", "adapter-branch", source
+        )
         pattern = re.compile(re.escape(ADAPTER_PREFIX) + r"adapter_modules\.(\d+)\.to_k_ip\.weight$")
         widths = {int(m.group(1)): tensors[k] for k in keys if (m := pattern.match(k))}
         if not widths:
             raise CheckpointError(
-                "the adapter-branch weights hold no adapter_modules.<i>.to_k_ip.weight tensors; "
+                f"{source}: the adapter-branch weights hold no adapter_modules.<i>.to_k_ip.weight tensors; "
                 "download or convert the checkpoint again"
             )
         context_dims = {int(w.shape[1]) for w in widths.values()} | {int(proj_out.shape[0])}
         if 768 in context_dims:
             raise CheckpointError(
-                "this is an SD1.5-width adapter (context dim 768); UniID here needs SDXL weights (2048)"
+                f"{source}: this is an SD1.5-width adapter (context dim 768); UniID here needs SDXL weights "
+                "(context dim 2048): use UniID weights trained for SDXL"
             )
         config.num_adapter_tokens = int(latents.shape[1])
         config.adapter_hidden_dim = int(latents.shape[2])
@@ -301,7 +336,7 @@ def build_uniid(
     family: str = "sdxl",
 ) -> UniIDModel:
     """Validate UniID-keyed tensors and wrap them in a UniIDModel (eval mode, no gradients)."""
-    config = infer_config(tensors, family)
+    config = infer_config(tensors, family, source)
     with torch.device("meta"):
         model = UniIDModel(config, fingerprint="pending")
     _check_fit(model, tensors, source, "a UniID model")
@@ -407,7 +442,7 @@ def _check_metadata(
             f"{file} uses UniID file format {version}, newer than this code reads ({FORMAT_VERSION}); "
             "update the node pack"
         )
-    actual = infer_config(tensors, stored.family)
+    actual = infer_config(tensors, stored.family, str(file))
     checked = []
     if actual.num_text_tokens is not None:
         checked += ["num_text_tokens", "text_widths"]

@@ -6,13 +6,13 @@ Nothing is written unless loading, validation and writing all succeed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_official, save_uniid
+from .cli import argument_parser, run_cli
 from .errors import UniIDError
 from .models.uniid import UniIDModel
 
@@ -42,11 +42,11 @@ def summary(model: UniIDModel, path: Path, dtype_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m uniid_core.convert", description=__doc__.split("\n")[0])
+    parser = argument_parser("python -m uniid_core.convert", __doc__.split("\n")[0])
     parser.add_argument("--text", help="official text-branch folder or its pytorch_model.bin")
     parser.add_argument("--adapter", help="official adapter-branch folder or its pytorch_model.bin")
     parser.add_argument("--out", required=True, help="output .safetensors file")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="stored dtype (default fp32)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="stored dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

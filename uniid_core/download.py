@@ -7,7 +7,6 @@ the insightface detector packs and SDXL base from their public URLs. Run by hand
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uniid_core.cli import argument_parser, run_cli
 from uniid_core.errors import CheckpointError
 from uniid_core.hub_release import (
     CHUNK,
@@ -372,7 +372,7 @@ def describe(models_dir: str = "ComfyUI/models") -> str:
 
 def main(argv: Sequence[str] | None = None, hub: Hub | None = None) -> int:
     """Command line entry point (``hub`` replaces the Hugging Face Hub, for tests)."""
-    parser = argparse.ArgumentParser(prog="python -m uniid_core.download", description=__doc__)
+    parser = argument_parser("python -m uniid_core.download", __doc__)
     parser.add_argument("--comfyui", type=Path, help="your ComfyUI folder (the one holding models/)")
     parser.add_argument(
         "--dest", type=Path, default=None,
@@ -401,4 +401,4 @@ def main(argv: Sequence[str] | None = None, hub: Hub | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .anchor import BUILTIN_NAMES, load_names, names_digest, names_path
+from .cli import argument_parser, path_problem, require_paths, run_cli
 from .face.detect import make_detector
 from .face.image import load_image
 from .face.insightface_backend import DEFAULT_DET_SIZE
@@ -29,7 +30,7 @@ OFFICIAL_SEED = 42
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     defaults = MergeSchedule()
-    parser = argparse.ArgumentParser(prog="python -m uniid_core.generate", description=__doc__.split("\n")[0])
+    parser = argument_parser("python -m uniid_core.generate", __doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="diffusers SDXL folder (e.g. SDXL base or RealVisXL)")
     parser.add_argument("--uniid", required=True, help="UniID weights (.safetensors, or official folders)")
     parser.add_argument(
@@ -37,21 +38,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ref", nargs="+", required=True, help="reference photo(s) of one person")
     parser.add_argument("--prompt", required=True, help="use <class word> where 'man'/'woman' should go")
-    parser.add_argument("--negative", default=DEFAULT_NEGATIVE)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--cfg", type=float, default=7.5)
-    parser.add_argument("--merge-step", type=int, default=defaults.merge_step)
-    parser.add_argument("--text-before", type=float, default=defaults.text_before)
-    parser.add_argument("--text-after", type=float, default=defaults.text_after)
-    parser.add_argument("--adapter-before", type=float, default=defaults.adapter_before)
-    parser.add_argument("--adapter-after", type=float, default=defaults.adapter_after)
+    parser.add_argument("--negative", default=DEFAULT_NEGATIVE, help="negative prompt (official)")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps")
+    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument(
+        "--merge-step", type=int, default=defaults.merge_step,
+        help="step from which the 'after' scales apply (0: from the start)",
+    )
+    parser.add_argument(
+        "--text-before", type=float, default=defaults.text_before, help="text scale before merge step"
+    )
+    parser.add_argument(
+        "--text-after", type=float, default=defaults.text_after, help="text scale from merge step"
+    )
+    parser.add_argument(
+        "--adapter-before", type=float, default=defaults.adapter_before, help="adapter scale before merge"
+    )
+    parser.add_argument(
+        "--adapter-after", type=float, default=defaults.adapter_after, help="adapter scale from merge step"
+    )
     parser.add_argument(
         "--rescale", default="normalized", help="adapter combination: normalized (official) or add"
     )
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=OFFICIAL_SEED, help="noise seed (official: 42)")
-    parser.add_argument("--num-images", type=int, default=1)
+    parser.add_argument("--width", type=int, default=1024, help="image width in pixels")
+    parser.add_argument("--height", type=int, default=1024, help="image height in pixels")
+    parser.add_argument(
+        "--seed", type=int, default=OFFICIAL_SEED, help="noise seed (official: 42; written to the PNG)"
+    )
+    parser.add_argument("--num-images", type=int, default=1, help="images to make with this identity")
     parser.add_argument("--detector", default="insightface", help="insightface, mtcnn or pre-aligned")
     parser.add_argument(
         "--det-size",
@@ -76,8 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"names for the text-token anchor: {' or '.join(BUILTIN_NAMES)}, or a file with one per line",
     )
     parser.add_argument("--class-word", default=None, help="override the detected man/woman")
-    parser.add_argument("--combine", default="mean_features", choices=("mean_features", "mean_tokens"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--combine", default="mean_features", choices=("mean_features", "mean_tokens"),
+        help="how several reference photos make one identity",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to run on"
+    )
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="default fp16 on GPU, fp32 on CPU"
     )
@@ -88,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Detect and align the references, encode the identity, sample, write PNGs; returns their paths."""
     args = parse_args(argv)
+    require_paths(
+        path_problem("--base", args.base, "folder", "model_index.json", "a diffusers SDXL folder"),
+        path_problem("--uniid", args.uniid),
+        path_problem("--face-net", args.face_net, "file", what="the face-net weights file"),
+        *(path_problem("--ref", ref, "file", what="an image file") for ref in args.ref),
+    )
     dtype = (
         DTYPES[args.dtype]
         if args.dtype
@@ -189,4 +214,4 @@ def write_pngs(images: list, out: Path, record: dict) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -180,7 +180,7 @@ def load_identity(path: str | os.PathLike) -> Identity:
         raise CheckpointError(f"{path} is not a readable identity file ({exc}); save it again") from exc
     if metadata.get("format") != IDENTITY_FORMAT:
         raise CheckpointError(f"{path} is not a UniID identity file (as written by save_identity)")
-    version = int(metadata.get("format_version", "0"))
+    version = _metadata_int(path, metadata, "format_version", 0)
     if version > IDENTITY_VERSION:
         raise CheckpointError(
             f"{path} uses identity format {version}, newer than this code reads ({IDENTITY_VERSION}); "
@@ -192,5 +192,19 @@ def load_identity(path: str | os.PathLike) -> Identity:
         adapter_tokens=tensors.get("adapter_tokens"),
         class_word=metadata.get("class_word", "person"),
         model_fingerprint=metadata.get("model_fingerprint", ""),
-        num_references=int(metadata.get("num_references", "1")),
+        num_references=_metadata_int(path, metadata, "num_references", 1),
     )
+
+
+def _metadata_int(path: Path, metadata: dict[str, str], key: str, default: int) -> int:
+    """A whole-number metadata field, or a CheckpointError naming the file and the damaged field."""
+    raw = metadata.get(key)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{path}: damaged identity metadata ({key}={raw!r} is not a whole number); save the identity "
+            "again from its photos"
+        ) from exc

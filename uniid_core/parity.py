@@ -12,7 +12,6 @@ whose tensors a golden file lacks is reported as skipped.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -33,6 +32,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .anchor import TextAnchor, anchor_hidden, column_means, load_names, transformers_tower
+from .cli import argument_parser, run_cli
 from .diffusers_processor import install_uniid_processors, set_adapter_scale
 from .errors import UniIDError
 from .schedule import MergeSchedule
@@ -721,9 +721,9 @@ def run_parity(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(
-        prog="python -m uniid_core.parity",
-        description=(
+    parser = argument_parser(
+        "python -m uniid_core.parity",
+        (
             "Check this implementation against the official UniID outputs in GOLDEN_DIR. Tolerances follow "
             "the golden README's recommendation for float32: stages fed with their recorded inputs "
             f"atol {STAGE_TOL[0]:g} / rtol {STAGE_TOL[1]:g}; free-running end to end "
@@ -766,4 +766,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-PACK_NAME = "ComfyUI-UniID"
+PACK_NAME = "comfyui-uniid"  # the folder a Comfy Registry install creates (pyproject name)
 
 SDXL_SMALL_UNET = {
     "use_checkpoint": False,

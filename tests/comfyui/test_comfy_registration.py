@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -29,7 +30,7 @@ NODES = [
 def test_every_node_is_registered_by_comfy_loader(comfy):
     for name in NODES:
         cls = comfy.nodes.NODE_CLASS_MAPPINGS[name]
-        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.ComfyUI-UniID"
+        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.comfyui-uniid"
         assert cls.CATEGORY == "UniID"
         assert callable(getattr(cls(), cls.FUNCTION))
         assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("UniID ")
@@ -45,6 +46,17 @@ def _branch(model, prefix: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
 
 
+def test_every_registered_node_has_a_help_page_comfyui_serves(comfy):
+    from pathlib import Path
+
+    web = Path(comfy.nodes.EXTENSION_WEB_DIRS["comfyui-uniid"]).resolve()
+    ours = [name for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.comfyui-uniid"]
+    assert set(NODES) <= set(ours)
+    missing = [name for name in ours if not (web / "docs" / f"{name}.md").is_file()]
+    assert not missing, f"the frontend finds no help page for {missing}: add web/docs/<NodeName>.md"
+
+
 def test_model_folders_follow_extra_model_paths(comfy, tmp_path):
     fp = comfy.folder_paths
     assert "uniid" in fp.folder_names_and_paths and "insightface" in fp.folder_names_and_paths
@@ -52,7 +64,7 @@ def test_model_folders_follow_extra_model_paths(comfy, tmp_path):
     (extra / "official" / "adapter_ckpt").mkdir(parents=True)
     adapter = _branch(small_uniid_model([64]), "adapter_branch.")
     torch.save(adapter, extra / "official" / "adapter_ckpt" / "pytorch_model.bin")
-    (extra / "mine.safetensors").write_bytes(b"")
+    (extra / "mine.safetensors").write_bytes(b"weights")
     fp.add_model_folder_path("uniid", str(extra))
     fp.filename_list_cache.clear()
     choices = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
@@ -127,6 +139,56 @@ def test_insightface_dropdown_puts_the_official_pack_first(comfy, tmp_path):
         fp.folder_names_and_paths["insightface"][0].remove(str(tmp_path / "insight"))
     assert inputs["insightface_model"][0][:3] == ["buffalo_l", "another", "antelopev2"]
     assert inputs["det_size"][1]["default"] == 320
+
+
+def test_empty_files_are_not_offered(comfy, tmp_path):
+    fp = comfy.folder_paths
+    extra = tmp_path / "with_empty"
+    extra.mkdir()
+    (extra / "interrupted.safetensors").write_bytes(b"")
+    (extra / "interrupted.pth").write_bytes(b"")
+    fp.add_model_folder_path("uniid", str(extra))
+    fp.filename_list_cache.clear()
+    uniid = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
+    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"].INPUT_TYPES()["required"]["face_net_name"][0]
+    assert not [c for c in uniid + face if "interrupted" in c]
+
+
+def test_identities_are_saved_in_the_first_configured_folder(comfy, pack, tmp_path, monkeypatch):
+    from uniid_core.identity import Identity
+
+    fp = comfy.folder_paths
+    user_folder = tmp_path / "my_models" / "uniid"
+    table = dict(fp.folder_names_and_paths)
+    table.pop("uniid")
+    monkeypatch.setattr(fp, "folder_names_and_paths", table)
+    fp.add_model_folder_path("uniid", str(user_folder))  # as extra_model_paths.yaml does, before the pack
+    pack.paths.register_folders()
+    assert fp.get_folder_paths("uniid") == [str(user_folder), str(comfy.root / "models" / "uniid")]
+    identity = Identity(adapter_tokens=torch.zeros(1, 4, 2048), class_word="woman")
+    saved = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDSaveIdentity"]().save(identity, "me", False)["result"][0]
+    assert saved == str(user_folder / "identities" / "me.safetensors")
+    other = tmp_path / "other" / "identities"
+    other.mkdir(parents=True)
+    (other / "them.safetensors").write_bytes((user_folder / "identities" / "me.safetensors").read_bytes())
+    fp.add_model_folder_path("uniid", str(other.parent))
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoadIdentity"]
+    choices = loader.INPUT_TYPES()["required"]["identity_file"][0]
+    assert {"identities/me.safetensors", "identities/them.safetensors"} <= set(choices)
+    loaded, word = loader().load("identities/them.safetensors")
+    assert word == "woman" and torch.equal(loaded.adapter_tokens, identity.adapter_tokens)
+
+
+def test_missing_insightface_pack_names_every_folder(comfy, tmp_path):
+    from uniid_core.errors import FaceDetectionError
+
+    extra = tmp_path / "shared_insightface"
+    comfy.folder_paths.add_model_folder_path("insightface", str(extra))
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"]()
+    with pytest.raises(FaceDetectionError) as info:
+        loader.load("insightface", "CPU", "antelopev2", 640)
+    for folder in comfy.folder_paths.get_folder_paths("insightface"):
+        assert os.path.join(folder, "models", "antelopev2") in str(info.value)
 
 
 def test_missing_file_names_folder_and_file(comfy):

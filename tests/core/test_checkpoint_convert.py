@@ -81,9 +81,9 @@ def test_failed_save_leaves_no_debris_and_keeps_old_file(tiny_model, tmp_path, m
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint, "save_file", broken_writer)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=f"could not write {target}: disk full"):
         save_uniid(tiny_model, target)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="new.safetensors: disk full"):
         save_uniid(tiny_model, tmp_path / "new.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.safetensors"]
     assert target.read_bytes() == before

@@ -16,6 +16,7 @@ from uniid_core.face.insightface_backend import (
     InsightFaceDetector,
     _det_sizes,
     check_model_folder,
+    find_model_pack,
 )
 from uniid_core.face.providers import available_providers, friendly_providers, resolve_providers
 
@@ -35,7 +36,7 @@ def test_good_layout_is_accepted(tmp_path: Path) -> None:
     folder = _pack(tmp_path / "models" / "buffalo_l")
     assert check_model_folder(tmp_path, "buffalo_l") == folder
     assert check_model_folder(tmp_path / "models", "buffalo_l") == folder
-    antelope = _pack(tmp_path / "models" / "antelopev2", ("scrfd_10g_bnkps.onnx", "glintr100.onnx"))
+    antelope = _pack(tmp_path / "models" / "antelopev2", ("scrfd_10g_bnkps.onnx", "genderage.onnx"))
     assert check_model_folder(tmp_path, "antelopev2") == antelope
 
 
@@ -66,12 +67,40 @@ def test_missing_and_incomplete_packs(tmp_path: Path) -> None:
     with pytest.raises(FaceDetectionError, match="holds no .onnx"):
         check_model_folder(tmp_path, "buffalo_l")
     _pack(tmp_path / "models" / "buffalo_l", ("w600k_r50.onnx", "genderage.onnx"))
-    with pytest.raises(FaceDetectionError, match="no face detection model") as info:
+    with pytest.raises(FaceDetectionError, match="incomplete: missing det_10g.onnx ") as info:
         check_model_folder(tmp_path, "buffalo_l")
-    assert "det_10g.onnx" in str(info.value) and "w600k_r50.onnx" in str(info.value)
-    (tmp_path / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"")
-    with pytest.raises(FaceDetectionError, match="empty"):
+    assert "w600k_r50.onnx" in str(info.value)
+
+
+def test_incomplete_pack_lists_every_missing_and_empty_file(tmp_path: Path) -> None:
+    folder = _pack(tmp_path / "models" / "buffalo_l", ("w600k_r50.onnx",))
+    (folder / "1k3d68.onnx").write_bytes(b"")
+    with pytest.raises(FaceDetectionError) as info:
         check_model_folder(tmp_path, "buffalo_l")
+    text = str(info.value)
+    assert "missing det_10g.onnx, genderage.onnx; empty (0 bytes" in text and "1k3d68.onnx" in text
+    assert str(folder) in text
+    _pack(folder, ("det_10g.onnx",))
+    with pytest.raises(FaceDetectionError, match="missing genderage.onnx; empty"):
+        check_model_folder(tmp_path, "buffalo_l")
+    other = _pack(tmp_path / "models" / "buffalo_s", ("det_500m.onnx",))
+    with pytest.raises(FaceDetectionError, match="missing genderage.onnx"):
+        check_model_folder(tmp_path, "buffalo_s")
+    _pack(other, ("genderage.onnx",))
+    assert check_model_folder(tmp_path, "buffalo_s") == other
+
+
+def test_pack_search_names_every_folder(tmp_path: Path) -> None:
+    roots = [tmp_path / "comfy" / "insightface", tmp_path / "extra" / "insightface"]
+    with pytest.raises(FaceDetectionError) as info:
+        find_model_pack(roots, "buffalo_l")
+    for root in roots:
+        assert str(root / "models" / "buffalo_l") in str(info.value)
+    found = _pack(roots[1] / "models" / "buffalo_l")
+    assert find_model_pack(roots, "buffalo_l") == found
+    _pack(roots[0] / "models" / "buffalo_l" / "buffalo_l")
+    with pytest.raises(FaceDetectionError, match="nested one level too deep"):
+        find_model_pack(roots, "buffalo_l")
 
 
 def test_pack_outside_models_subfolder(tmp_path: Path) -> None:
@@ -109,7 +138,7 @@ def test_det_size_ladder() -> None:
 
 
 def test_insightface_errors_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(FaceDetectionError, match="model folder not found"):
+    with pytest.raises(FaceDetectionError, match="model pack 'antelopev2' not found; searched"):
         make_detector("insightface", root=tmp_path, name="antelopev2")
     _pack(tmp_path / "models" / "buffalo_l")
     with pytest.raises(FaceDetectionError, match="unknown execution provider"):
@@ -187,3 +216,14 @@ def test_insightface_wrapper_runs_face_analysis(fake_insightface_root: Path) -> 
     assert detector.detect(blue_only) == []
     assert detector._prepared == 256, "the det_size ladder must be walked to its last rung"
     assert detector.active_providers == ["CPUExecutionProvider"]
+
+
+def test_genderage_file_that_is_no_gender_model(fake_insightface_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "buffalo_l"
+    folder.mkdir(parents=True)
+    detection = (fake_insightface_root / "models" / "buffalo_l" / "det_10g.onnx").read_bytes()
+    (folder / "det_10g.onnx").write_bytes(detection)
+    (folder / "genderage.onnx").write_bytes(detection)
+    with pytest.raises(FaceDetectionError, match="did not load a gender model") as info:
+        InsightFaceDetector(root=tmp_path, name="buffalo_l")
+    assert str(folder) in str(info.value)

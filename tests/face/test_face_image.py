@@ -139,3 +139,11 @@ def test_load_image_errors(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "tiny.png")
     with pytest.raises(FaceDetectionError, match="at least 32 px"):
         load_image(tmp_path / "tiny.png")
+
+
+def test_load_image_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "thumb.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    with pytest.raises(FaceDetectionError) as info:
+        load_image(path)
+    assert str(info.value).startswith(f"{path}: image is 8x8 pixels")

@@ -279,3 +279,19 @@ def test_every_workflow_loads_and_renders(browser: Chromium, repo_root: Path, sc
               or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")]
     (artifacts / "page-errors.json").write_text(json.dumps(errors, indent=1))
     assert not problems, "\n".join(problems)
+
+
+def test_comfyui_serves_a_help_page_for_every_node(comfy_server: str, scripts_on_path: Path) -> None:
+    import workflow_check
+
+    port = int(comfy_server.rsplit(":", 1)[1])
+    for name in workflow_check.load_snapshot()["our_nodes"]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", f"/extensions/{workflow_check.PACK_NAME}/docs/{name}.md")
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            connection.close()
+        assert response.status == 200, f"the node library would show no help for {name}"
+        assert body.startswith("# UniID ") and "## Inputs" in body

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -109,18 +108,3 @@ def test_pins_agree_between_dev_and_training(repo_root: Path) -> None:
                 f"{name}: requirements-dev.txt ({dev[name]}) and training/requirements.txt "
                 f"({training[name]}) disagree"
             )
-
-
-def test_ci_script_installs_cpu_torch_first_and_runs_readme_command(repo_root: Path) -> None:
-    script = repo_root / ".ci" / "run"
-    text = script.read_text()
-    assert os.access(script, os.X_OK)
-    assert "set -euo pipefail" in text
-    torch_at = text.index('pip install --quiet "torch==$TORCH_VERSION"')
-    assert torch_at < text.index("-r requirements-dev.txt")
-    assert 'TORCH_VERSION="2.13.0"' in text
-    assert "python -m pytest -q" in text
-    assert '"$status" -eq 5' in text
-    readme = repo_root / "README.md"
-    if readme.is_file():
-        assert "python -m pytest -q" in readme.read_text(), "README must show the command CI runs"

@@ -13,10 +13,14 @@ EXPECTED = {
     "uniid_basic.json",
     "uniid_multi_reference.json",
     "uniid_advanced_schedule.json",
-    "uniid_save_load_identity.json",
+    "uniid_save_identity.json",
+    "uniid_load_identity.json",
     "uniid_two_people_masks.json",
     "uniid_official_settings.json",
 }
+OFFICIAL_SETTINGS = "uniid_official_settings.json"
+"""The one workflow whose point is the official settings (insightface buffalo_l); the others run with
+what requirements.txt installs."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,34 @@ def workflows(wc) -> dict[str, dict]:
 
 
 def test_all_example_workflows_present(workflows: dict) -> None:
-    assert set(workflows) == EXPECTED
+    assert set(workflows) - {OFFICIAL_SETTINGS} == EXPECTED
+
+
+def _notes(workflow: dict) -> str:
+    return "\n".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_workflows_run_with_the_bundled_detector_and_say_how_to_switch(workflows: dict, name: str) -> None:
+    workflow = workflows[name]
+    detectors = [n for n in workflow["nodes"] if n["type"] == "UniIDFaceDetectorLoader"]
+    for node in detectors:
+        assert node["widgets_values"][0] == "mtcnn", f"{name} needs insightface; ship it with mtcnn"
+    if detectors:
+        assert "To switch to insightface" in _notes(workflow) and "backend = insightface" in _notes(workflow)
+
+
+def test_official_settings_workflow_says_it_needs_insightface(workflows: dict) -> None:
+    if OFFICIAL_SETTINGS not in workflows:
+        pytest.skip(f"{OFFICIAL_SETTINGS} is not in this tree")
+    assert "insightface" in _notes(workflows[OFFICIAL_SETTINGS])
+
+
+def test_save_workflow_runs_in_one_press_and_load_workflow_needs_no_face_models(workflows: dict) -> None:
+    save = {n["type"] for n in workflows["uniid_save_identity.json"]["nodes"]}
+    assert {"UniIDSaveIdentity", "UniIDEncodeFace", "SaveImage"} <= save and "UniIDLoadIdentity" not in save
+    load = {n["type"] for n in workflows["uniid_load_identity.json"]["nodes"]}
+    assert "UniIDLoadIdentity" in load and not load & {"UniIDEncodeFace", "UniIDFaceNetLoader", "LoadImage"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -107,7 +107,7 @@ def to_rgb_uint8(array: Any, alpha_background: int = ALPHA_BACKGROUND) -> np.nda
 
 
 def load_image(path: str | Path, alpha_background: int = ALPHA_BACKGROUND) -> np.ndarray:
-    """Read an image file as RGB uint8 (EXIF rotation applied), with a clear error for unreadable files."""
+    """Read an image file as RGB uint8 (EXIF rotation applied); every error names the file."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -129,4 +129,7 @@ def load_image(path: str | Path, alpha_background: int = ALPHA_BACKGROUND) -> np
             f"could not read {path}: the file is corrupt, truncated or not an image ({exc}); "
             "re-save or re-download it"
         ) from exc
-    return to_rgb_uint8(array, alpha_background=alpha_background)
+    try:
+        return to_rgb_uint8(array, alpha_background=alpha_background)
+    except FaceDetectionError as exc:
+        raise FaceDetectionError(f"{path}: {exc}") from exc

@@ -23,6 +23,12 @@ DETECTION_PREFIXES = ("det_", "scrfd")
 DEFAULT_DET_SIZE = 320
 """The official detection size (insightface buffalo_l at 320x320 in the official inference.py)."""
 DET_SIZE_LADDER = (256, 320, 384, 512, 640)
+GENDER_MODEL = "genderage.onnx"
+REQUIRED_FILES = {
+    "buffalo_l": ("det_10g.onnx", GENDER_MODEL),
+    "antelopev2": ("scrfd_10g_bnkps.onnx", GENDER_MODEL),
+}
+"""The files we load (detection + gender) of the packs as insightface's model zoo ships them."""
 DOWNLOAD_HINT = (
     "download the insightface model pack {name}.zip yourself (nothing is downloaded automatically) and "
     "unzip it so that the .onnx files sit directly in {folder}"
@@ -32,6 +38,10 @@ DOWNLOAD_HINT = (
 def _onnx_files(folder: Path) -> list[Path]:
     """The .onnx files directly inside a folder (none when it does not exist)."""
     return sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+
+
+class PackNotFoundError(FaceDetectionError):
+    """Nothing of a model pack under one root: no folder, zip or misplaced copy."""
 
 
 def _nested_folders(folder: Path) -> list[Path]:
@@ -80,20 +90,50 @@ def check_model_folder(root: str | Path, name: str = "buffalo_l") -> Path:
             )
         if folder.is_dir():
             raise FaceDetectionError(f"{folder} holds no .onnx model files; {hint}")
-        raise FaceDetectionError(f"insightface model folder not found: {folder}; {hint}")
-    empty = [p for p in files if p.stat().st_size == 0]
+        raise PackNotFoundError(f"insightface model folder not found: {folder}; {hint}")
+    problems = []
+    missing = _missing_files(name, [p.name for p in files])
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    empty = [p.name for p in files if p.stat().st_size == 0]
     if empty:
+        problems.append(f"empty (0 bytes: the download or unzip was interrupted) {', '.join(empty)}")
+    if problems:
         raise FaceDetectionError(
-            f"{empty[0]} is empty (0 bytes): the download or unzip was interrupted; replace the files in "
-            f"{folder} with a fresh copy ({hint})"
-        )
-    if not any(p.name.lower().startswith(DETECTION_PREFIXES) for p in files):
-        raise FaceDetectionError(
-            f"no face detection model in {folder} (expected det_10g.onnx for buffalo_l or "
-            f"scrfd_10g_bnkps.onnx for antelopev2; found {', '.join(p.name for p in files)}); "
-            f"the pack is incomplete: {hint}"
+            f"the insightface model pack in {folder} is incomplete: {'; '.join(problems)} (found "
+            f"{', '.join(p.name for p in files)}); replace it with a fresh copy: {hint}"
         )
     return folder
+
+
+def _missing_files(name: str, present: list[str]) -> list[str]:
+    """The detection and gender models a pack lacks (exact names for the known packs)."""
+    lower = {p.lower() for p in present}
+    if name in REQUIRED_FILES:
+        return [f for f in REQUIRED_FILES[name] if f not in lower]
+    missing = []
+    if not any(p.startswith(DETECTION_PREFIXES) for p in lower):
+        missing.append("a face detection model (det_*.onnx or scrfd_*.onnx)")
+    if GENDER_MODEL not in lower:
+        missing.append(GENDER_MODEL)
+    return missing
+
+
+def find_model_pack(roots: str | Path | Sequence[str | Path], name: str = "buffalo_l") -> Path:
+    """The pack folder under the first root that holds it; when none does, an error naming every folder."""
+    roots = [roots] if isinstance(roots, str | Path) else list(roots)
+    searched = []
+    for root in roots:
+        try:
+            return check_model_folder(root, name)
+        except PackNotFoundError:
+            searched.append(Path(root).expanduser() / "models" / name)
+    if not searched:
+        raise FaceDetectionError("no insightface model folder given to search")
+    hint = DOWNLOAD_HINT.format(name=name, folder=searched[0])
+    raise FaceDetectionError(
+        f"insightface model pack '{name}' not found; searched {', '.join(map(str, searched))}; {hint}"
+    )
 
 
 def _det_sizes(det_size: int | Sequence[int]) -> list[int]:
@@ -115,20 +155,23 @@ def _det_sizes(det_size: int | Sequence[int]) -> list[int]:
 
 
 class InsightFaceDetector:
-    """FaceAnalysis detection (+ gender when the pack has genderage) with a det_size fallback ladder."""
+    """FaceAnalysis detection + gender (from the pack's genderage model) with a det_size fallback ladder.
+
+    ``root`` may be several folders (ComfyUI's insightface folders): the first that holds the pack is used.
+    """
 
     name = "insightface"
 
     def __init__(
         self,
-        root: str | Path = "~/.insightface",
+        root: str | Path | Sequence[str | Path] = "~/.insightface",
         name: str = "buffalo_l",
         provider: str = "CPU",
         det_size: int | Sequence[int] = DEFAULT_DET_SIZE,
         det_thresh: float = 0.5,
         pad_retry: bool = True,
     ) -> None:
-        self.folder = check_model_folder(root, name)
+        self.folder = find_model_pack(root, name)
         self.providers = resolve_providers(provider)
         self.det_sizes = _det_sizes(det_size)
         self.det_thresh = float(det_thresh)
@@ -157,6 +200,12 @@ class InsightFaceDetector:
             raise FaceDetectionError(
                 f"insightface could not load the models in {self.folder}: {exc}"
             ) from exc
+        if "genderage" not in getattr(self.app, "models", {}):
+            raise FaceDetectionError(
+                f"insightface did not load a gender model from {self.folder} ({GENDER_MODEL} is damaged or "
+                f"of another kind), so the class word could not be man/woman; replace the files with a fresh "
+                f"copy of {name}.zip"
+            )
         self._prepared: int | None = None
         self.active_providers = self._check_active_providers()
 
