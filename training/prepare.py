@@ -210,6 +210,17 @@ def prepare_items(
     writer.seal()
 
 
+def limit_threads(threads: int) -> None:
+    """Cap this process's CPU threads (torch, OpenCV; MTCNN's onnxruntime gets `threads` too)."""
+    torch.set_num_threads(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
+
+
 def _worker(
     out: Path,
     items: list[InputImage],
@@ -222,13 +233,7 @@ def _worker(
     """Entry point of one worker process: Ctrl-C is the parent's to handle, SIGTERM stops gracefully."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    torch.set_num_threads(threads)
-    try:
-        import cv2
-
-        cv2.setNumThreads(threads)
-    except ImportError:
-        pass
+    limit_threads(threads)
 
     def count() -> None:
         with done.get_lock():
@@ -240,20 +245,55 @@ def _worker(
         sys.exit(INTERRUPTED)
 
 
-def run_workers(out: Path, pending: list[InputImage], args: argparse.Namespace) -> None:
+class Throughput:
+    """Finished-image count with the times of the first and the latest finish (steady rate, no start-up)."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.count = self.first_count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def update(self, count: int) -> None:
+        """Record that `count` images are finished by now."""
+        if count > self.count:
+            now = time.perf_counter()
+            if self.first is None:
+                self.first, self.first_count = now, count
+            self.last = now
+            self.progress.update(count - self.count)
+            self.count = count
+
+    def steady(self) -> float | None:
+        """Images/s between the first and the latest finish (None before two finishes)."""
+        if self.first is None or self.last == self.first:
+            return None
+        return (self.count - self.first_count) / (self.last - self.first)
+
+
+def run_workers(out: Path, pending: list[InputImage], args: argparse.Namespace) -> Throughput:
     """Prepare the pending images in this process (--workers 1) or in several worker processes."""
     part, parts = args.part
     workers = max(1, min(args.workers, len(pending)))
     progress = _progress(len(pending))
+    finished = Throughput(progress)
     try:
         if workers == 1:
+            if args.threads:
+                limit_threads(args.threads)
+            prefix = shard_prefix(part, parts, 0, 1)
             prepare_items(
-                out, pending, args, shard_prefix(part, parts, 0, 1), on_image=lambda: progress.update(1)
+                out,
+                pending,
+                args,
+                prefix,
+                on_image=lambda: finished.update(finished.count + 1),
+                threads=args.threads,
             )
-            return
+            return finished
         context = multiprocessing.get_context("spawn")
         stop, done = context.Event(), context.Value("q", 0)
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
         processes = [
             context.Process(
                 target=_worker,
@@ -274,15 +314,15 @@ def run_workers(out: Path, pending: list[InputImage], args: argparse.Namespace) 
             process.start()
         try:
             while any(p.is_alive() for p in processes):
-                processes[0].join(timeout=0.25)
-                progress.update(done.value - progress.n)
+                processes[0].join(timeout=0.1)
+                finished.update(done.value)
         except KeyboardInterrupt:
             _ignore_signals()
             stop.set()
             for process in processes:
                 process.join()
             raise
-        progress.update(done.value - progress.n)
+        finished.update(done.value)
         codes = [p.exitcode for p in processes]
         if INTERRUPTED in codes:
             raise KeyboardInterrupt
@@ -291,6 +331,7 @@ def run_workers(out: Path, pending: list[InputImage], args: argparse.Namespace) 
                 f"prepare workers exited with codes {codes} (see their errors above); what they finished is "
                 "saved: fix the cause and run the same command again to continue"
             )
+        return finished
     finally:
         progress.close()
 
@@ -377,6 +418,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="worker processes on this machine (each its own detector)",
     )
     parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="CPU threads per worker (torch, OpenCV, MTCNN); default: cores / workers (1 worker: as is)",
+    )
+    parser.add_argument(
         "--part",
         type=_part,
         default=(0, 1),
@@ -400,6 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Prepare (or finish preparing) a dataset and print a summary; returns the report.
 
+    The returned report also holds "this_run": images, seconds and the steady images/s of this run
+    (between the first and the last finished image, so without model loading and worker start-up).
     Ctrl-C or SIGTERM saves what is finished and exits with code 130.
     """
     args = parse_args(argv)
@@ -422,9 +471,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if in_main_thread:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     start = time.perf_counter()
+    steady = None
     try:
         if pending:
-            run_workers(out, pending, args)
+            steady = run_workers(out, pending, args).steady()
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: every finished image is saved in {out / SHARD_DIR}; run the same command again "
@@ -438,14 +488,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             signal.signal(signal.SIGTERM, previous[1])
     elapsed = time.perf_counter() - start
     report = write_index(out, args.detector)
-    rate = f" in {elapsed:.1f} s ({len(pending) / elapsed:.2f} images/s)" if pending else ""
+    rate = f" in {elapsed:.1f} s" if pending else ""
+    if steady:
+        rate += f" ({steady:.2f} images/s after start-up)"
     print(
         f"prepared {report['num_samples']} samples ({len(items) - len(pending)} images were already done, "
         f"{len(pending)} this run{rate}), skipped {report['num_failed']} (listed in {out / 'failures.tsv'}); "
         f"class words {report['class_words']}",
         file=sys.stderr,
     )
-    return report
+    return dict(report, this_run={"images": len(pending), "seconds": elapsed, "steady_images_per_s": steady})
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def test_ctrl_c_saves_every_finished_image_and_the_rerun_continues(
     assert [len(r.data["entries"]) for r in shards] == [3] and [len(r.data["entries"]) for r in pieces] == [1]
     calls.clear()
     again = prepare_main([*command, "--out", str(out)])
-    assert len(calls) == 3, "the rerun detects only the 3 images not yet done"
+    assert len(calls) == 3 == again["this_run"]["images"], "the rerun detects only the 3 images not yet done"
     assert again["num_samples"] == reference["num_samples"] == 7
     assert samples_by_image(out) == samples_by_image(tmp_path / "reference")
     assert not list((out / SHARD_DIR / PIECE_DIR).iterdir()), "pieces are sealed into shards"
