@@ -29,9 +29,18 @@ from uniid_core.face.prealigned import PreAlignedDetector
 
 
 class SlowDetector(PreAlignedDetector):
-    """Pre-aligned detection that takes SLOW_DETECT_S seconds and logs each call (line per image)."""
+    """Pre-aligned detection that takes SLOW_DETECT_S seconds and logs each call (a line per image).
+
+    The HOLD_AT-th call of each process waits until the file RELEASE exists (the test's checkpoint).
+    """
+
+    calls = 0
 
     def detect(self, image):
+        SlowDetector.calls += 1
+        if SlowDetector.calls == int(os.environ["HOLD_AT"]):
+            while not os.path.exists(os.environ["RELEASE"]):
+                time.sleep(0.02)
         time.sleep(float(os.environ["SLOW_DETECT_S"]))
         with open(os.environ["DETECT_LOG"], "a") as log:
             log.write("x\\n")
@@ -121,8 +130,11 @@ def test_ctrl_c_saves_every_finished_image_and_the_rerun_continues(
     assert not list((out / SHARD_DIR / PIECE_DIR).iterdir()), "pieces are sealed into shards"
 
 
-def run_driver(tmp_path: Path, args: list[str], delay: float) -> subprocess.Popen:
-    """Start training.prepare with a slow, logging pre-aligned detector in its own process group."""
+def run_driver(tmp_path: Path, args: list[str], delay: float, hold_at: int = 0) -> subprocess.Popen:
+    """Start training.prepare with a slow, logging pre-aligned detector in its own process group.
+
+    With `hold_at`, each process's detector waits at that image until release(tmp_path) is called.
+    """
     driver = tmp_path / "slow_prepare.py"
     driver.write_text(SLOW_DRIVER, encoding="utf-8")
     env = dict(
@@ -131,6 +143,8 @@ def run_driver(tmp_path: Path, args: list[str], delay: float) -> subprocess.Pope
         OMP_NUM_THREADS="1",
         SLOW_DETECT_S=str(delay),
         DETECT_LOG=str(tmp_path / "detect.log"),
+        HOLD_AT=str(hold_at),
+        RELEASE=str(tmp_path / "release"),
     )
     return subprocess.Popen(
         [sys.executable, str(driver), *args],
@@ -155,6 +169,11 @@ def wait_for_pieces(out: Path, prefixes: dict[str, int], process: subprocess.Pop
     raise AssertionError(f"pieces {prefixes} did not appear; stderr: {process.communicate()[1][-2000:]}")
 
 
+def release(tmp_path: Path) -> None:
+    """Let held detectors go on."""
+    (tmp_path / "release").touch()
+
+
 def detections(tmp_path: Path) -> int:
     """How many images the slow detector has looked at so far."""
     log = tmp_path / "detect.log"
@@ -167,13 +186,17 @@ def test_sigkill_loses_at_most_the_last_save_interval(tmp_path: Path) -> None:
     prepare_main([*common, "--out", str(tmp_path / "reference")])
     out = tmp_path / "ds"
     args = [*common, "--out", str(out), "--save-every", "0.3"]
-    process = run_driver(tmp_path, args, delay=0.1)
-    wait_for_pieces(out, {"shard_0": 2}, process)
+    process = run_driver(tmp_path, args, delay=0.1, hold_at=15)
+    wait_for_pieces(out, {"shard_00001-": 1}, process)
+    deadline = time.monotonic() + 60
+    while detections(tmp_path) < 14 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
     seen, saved = detections(tmp_path), len(done_images(out))
-    assert 2 <= saved < 24
-    assert seen - saved <= 5, "a kill loses at most the images of one save interval (0.3 s / 0.1 s each)"
+    assert seen == 14 and 10 <= saved <= 14, "held at image 15: a shard of 10 and pieces after it"
+    assert seen - saved <= 3, "a kill loses at most the images of one save interval (0.3 s / 0.1 s each)"
     rerun = run_driver(tmp_path, args, delay=0.0)
     _, stderr = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, stderr[-3000:]
@@ -187,14 +210,16 @@ def test_workers_stop_on_ctrl_c_and_resume_with_another_worker_count(tmp_path: P
     prepare_main([*common, "--out", str(tmp_path / "reference")])
     out = tmp_path / "ds"
     args = [*common, "--out", str(out), "--workers", "2", "--save-every", "0.3"]
-    process = run_driver(tmp_path, args, delay=0.2)
+    process = run_driver(tmp_path, args, delay=0.2, hold_at=3)
     wait_for_pieces(out, {"shard_w00_": 1, "shard_w01_": 1}, process)
     os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.5)
+    release(tmp_path)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "run the same command again" in stderr
     seen, saved = detections(tmp_path), len(done_images(out))
-    assert seen == saved < 16, "a graceful stop saves every image it looked at"
+    assert seen == saved == 6, "each worker finishes the image it is on, saves everything and stops"
     names = {p.name for p in (out / SHARD_DIR).rglob("*.json")}
     assert any(n.startswith("shard_w00_") for n in names) and any(n.startswith("shard_w01_") for n in names)
     report = prepare_main([*common, "--out", str(out), "--workers", "1"])
