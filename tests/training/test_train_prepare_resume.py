@@ -23,7 +23,7 @@ from uniid_core.face.prealigned import PreAlignedDetector
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_DRIVER = '''
-import os, sys, time
+import os, signal, sys, time
 import training.prepare as prepare
 from uniid_core.face.prealigned import PreAlignedDetector
 
@@ -50,6 +50,7 @@ class SlowDetector(PreAlignedDetector):
 prepare.make_detector = lambda name, **options: SlowDetector()  # module level: spawned workers get it too
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when in background
     prepare.main(sys.argv[1:])
 '''
 
@@ -115,10 +116,13 @@ def test_ctrl_c_saves_every_finished_image_and_the_rerun_continues(
 
     monkeypatch.setattr("training.prepare.make_detector", lambda name, **options: InterruptedDetector())
     out = tmp_path / "ds"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         prepare_main([*command, "--out", str(out)])
     assert stopped.value.code == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C handling must be restored"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers, (
+        "handlers restored"
+    )
     assert done_images(out) == {str(p.resolve()) for p in photos[:4]}, "the 4 finished images are saved"
     shards, pieces = read_records(out)
     assert [len(r.data["entries"]) for r in shards] == [3] and [len(r.data["entries"]) for r in pieces] == [1]
