@@ -361,7 +361,7 @@ class Trainer:
             )
 
     def out_of_time(self) -> bool:
-        """Whether max_run_minutes is spent (decided on the main process, the same on every process)."""
+        """Whether max_run_minutes is spent on any process (the same answer on every process)."""
         limit = self.cfg.max_run_minutes
         if not limit:
             return False

@@ -17,7 +17,7 @@ from tests.training.conftest import samples_by_image, write_noise_images
 from training.data import SHARD_DIR
 from training.prepare import main as prepare_main
 from training.prepare import parse_args
-from training.shards import PIECE_DIR, done_images, read_records
+from training.shards import PIECE_DIR, done_images, read_records, write_index
 from uniid_core.errors import FaceDetectionError
 from uniid_core.face.prealigned import PreAlignedDetector
 
@@ -126,6 +126,8 @@ def test_ctrl_c_saves_every_finished_image_and_the_rerun_continues(
     assert done_images(out) == {str(p.resolve()) for p in photos[:4]}, "the 4 finished images are saved"
     shards, pieces = read_records(out)
     assert [len(r.data["entries"]) for r in shards] == [3] and [len(r.data["entries"]) for r in pieces] == [1]
+    assert write_index(out, "pre-aligned")["num_samples"] == 4
+    assert len(samples_by_image(out)) == 4, "a dataset index can list pieces as well as shards"
     calls.clear()
     again = prepare_main([*command, "--out", str(out)])
     assert len(calls) == 3 == again["this_run"]["images"], "the rerun detects only the 3 images not yet done"
