@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,9 @@ def sample_generators(seed: int, micro_step: int, first: int, count: int) -> lis
     return [torch.Generator().manual_seed(base + first + j) for j in range(count)]
 
 
-def per_sample(generators: list[torch.Generator], draw: Any) -> torch.Tensor:
+def per_sample(
+    generators: list[torch.Generator], draw: Callable[[torch.Generator], torch.Tensor]
+) -> torch.Tensor:
     """Stack one draw per sample, each from that sample's generator."""
     return torch.stack([draw(g) for g in generators])
 
