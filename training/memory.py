@@ -163,7 +163,9 @@ def activation_bytes(
     """Saved-for-backward bytes of one training forward pass at `batch` (on meta: no memory is used)."""
     cfg = TrainConfig(stage=stage)
     widths = tuple(e.config.hidden_size for e in models.text_encoders)
-    unet = models.unet.to(dtype)
+    unet = models.unet
+    if next(unet.parameters()).dtype != dtype:
+        unet.to(dtype)
     with torch.device(device):
         uniid = build_uniid(cfg, unet, widths, unet.config.cross_attention_dim).to(dtype)
     if stage == "adapter":
@@ -173,7 +175,7 @@ def activation_bytes(
     side = resolution // 8
     meta = dict(device=device, dtype=dtype)
     with torch.no_grad():
-        features = models.face_net.to(dtype)(torch.zeros(batch, 3, 112, 112, **meta))
+        features = models.face_net.to(dtype=dtype)(torch.zeros(batch, 3, 112, 112, **meta))
 
     def forward() -> Tensor:
         return module(
