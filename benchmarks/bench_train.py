@@ -1,16 +1,22 @@
-"""Training throughput of the UniID trainer vs a baseline configured like the official script, same run.
+"""Training throughput and memory of the UniID trainer vs a baseline set up like the official script.
 
-Baseline (official-like): fp32, every step loads each image, detects + aligns the face, resizes the target
-and VAE-encodes it, and encodes the prompt with both text encoders. Trainer: prepared shards (aligned
-crops + cached latent mean/std), prompts encoded once per class word, bf16 autocast on GPU. Both train the
-adapter stage on the same random-weight model; rounds are interleaved and medians reported.
+Baseline (official-like): every step loads each image, detects + aligns the face, resizes the target and
+VAE-encodes it, and encodes the prompt with both text encoders. Trainer: prepared shards (aligned crops +
+cached latent mean/std), prompts encoded once per class word. Both train the adapter stage of the same
+random-weight model at the same batch and precision; rounds are interleaved and medians reported, as
+ratios trainer / baseline. Memory counts everything each side keeps resident (UNet, VAE, both text
+encoders, face net, UniID branch, optimizer state, cached prompts) plus the transient peak of the steps.
 
-`python benchmarks/bench_train.py [--preset tiny|sdxl] [--batch 8] [--resolution 512] [--rounds 5]`
-(`tiny` runs anywhere in about a minute; `sdxl` uses real SDXL shapes and wants a GPU).
+`python benchmarks/bench_train.py [--preset tiny|sdxl] [--precision fp32|bf16] [--batch N]
+[--resolution 512] [--rounds 5] [--photos DIR]` (`tiny` runs anywhere in about a minute; `sdxl` uses real
+SDXL shapes and wants a GPU). Runs from a fresh clone: the CLIP tokenizers are built here (a byte-level
+BPE vocabulary without merges: prompts cost more tokens, the 77-token encoders cost the same).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -36,8 +42,9 @@ from training.components import (  # noqa: E402
 )
 from training.config import TrainConfig  # noqa: E402
 from training.data import faces_uint8_to_input, pixels_to_unit_range, resize_target  # noqa: E402
+from training.prepare import collect_inputs  # noqa: E402
 from training.prepare import main as prepare_main  # noqa: E402
-from training.train import Trainer, step_generator  # noqa: E402
+from training.train import Trainer, sample_generators  # noqa: E402
 from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.diffusers_processor import install_uniid_processors  # noqa: E402
 from uniid_core.face.align import align_face  # noqa: E402
@@ -84,6 +91,41 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_adapter_tokens": 25,
     },
 }
+
+
+def byte_symbols() -> list[str]:
+    """The 256 printable stand-ins of byte-level BPE: printable Latin-1 bytes as themselves, the rest
+    mapped to code points from 256 up (the CLIP tokenizer's byte alphabet)."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    symbols, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    return symbols
+
+
+def write_tiny_tokenizers(folder: Path) -> Path:
+    """tokenizer/ and tokenizer_2/ for CLIPTokenizer: bytes, bytes + '</w>', BOS, EOS (highest id)."""
+    symbols = byte_symbols()
+    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+        target = folder / name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+        (target / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        settings = {
+            "tokenizer_class": "CLIPTokenizer",
+            "model_max_length": 77,
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": pad,
+        }
+        (target / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    return folder
 
 
 def build_base(preset: dict[str, Any], tokenizers: Path, device: torch.device, folder: Path) -> BaseModels:
@@ -140,11 +182,14 @@ def build_base(preset: dict[str, Any], tokenizers: Path, device: torch.device, f
 
 def make_photos(folder: Path, count: int) -> list[Path]:
     """Real face photos: 1.8x crops around each face MTCNN finds in insightface's t1.jpg, plus mirrors."""
-    import importlib.util
-
     from PIL import Image
 
     spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "bench_train needs face photos: pip install insightface (its wheel ships the sample photo used "
+            "here; it is in requirements-dev.txt) or pass --photos DIR with your own face photos"
+        )
     group = load_image(Path(spec.submodule_search_locations[0]) / "data" / "images" / "t1.jpg")
     faces = make_detector("mtcnn").detect(group)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,7 +233,10 @@ class OfficialLikeData(torch.utils.data.Dataset):
 
 
 class Baseline:
-    """fp32 adapter-stage step with per-step detection, VAE encoding and prompt encoding."""
+    """Adapter-stage step with per-step detection, VAE encoding and prompt encoding (official-like).
+
+    bf16 as the official script under accelerate: frozen models in bf16, the branch in fp32, autocast.
+    """
 
     def __init__(
         self,
@@ -199,11 +247,12 @@ class Baseline:
         device: torch.device,
         workers: int,
     ) -> None:
-        """Own fp32 copies of the models on `device`."""
+        """Own copies of the models on `device` in the run's precision."""
         self.base, self.cfg, self.device = base, cfg, device
+        self.dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
         for module in (base.unet, base.vae, base.text_encoder, base.text_encoder_2):
-            module.to(device, torch.float32)
-        self.face_net = face_net.to(device, torch.float32)
+            module.to(device, self.dtype)
+        self.face_net = face_net.to(device, self.dtype)
         widths = (base.text_encoder.config.hidden_size, base.text_encoder_2.config.hidden_size)
         self.uniid = build_uniid(cfg, base.unet, widths, base.unet.config.cross_attention_dim).to(device)
         install_uniid_processors(base.unet, self.uniid, rescale="add")
@@ -231,21 +280,27 @@ class Baseline:
             batch = next(self.batches)
         base, device = self.base, self.device
         count = batch["face"].shape[0]
-        generator = step_generator(0, self.step_index, 0)
+        generators = sample_generators(0, self.step_index, 0, count)
         self.step_index += 1
         with torch.no_grad():
-            dist = base.vae.encode(pixels_to_unit_range(batch["pixels"].to(device))).latent_dist
-            latents = dist.sample() * base.vae.config.scaling_factor
+            pixels = pixels_to_unit_range(batch["pixels"].to(device)).to(self.dtype)
+            latents = base.vae.encode(pixels).latent_dist.sample().float() * base.vae.config.scaling_factor
             prompts = ["a photo of a person"] * count
             embeds, pooled = encode_prompts(
                 [base.tokenizer, base.tokenizer_2], [base.text_encoder, base.text_encoder_2], prompts, device
             )
-            features = self.face_net(faces_uint8_to_input(batch["face"].to(device)))
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, 1000, (count,), generator=generator).to(device)
+            features = self.face_net(faces_uint8_to_input(batch["face"].to(device)).to(self.dtype))
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(device)
+        timesteps = torch.cat([torch.randint(0, 1000, (1,), generator=g) for g in generators]).to(device)
         noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
-        ids = time_ids(batch["original_size"].to(device), self.cfg.resolution).float()
-        pred = self.module(noisy, timesteps, embeds, pooled, ids, features)
+        ids = time_ids(batch["original_size"].to(device), self.cfg.resolution).to(self.dtype)
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if self.dtype == torch.bfloat16
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            pred = self.module(noisy.to(self.dtype), timesteps, embeds, pooled, ids, features)
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
         self.optimizer.step()
@@ -271,10 +326,10 @@ class Ours:
             trainer.sampler.set_epoch(trainer.state.epoch)
             self.batches = iter(trainer.loader)
             batch = next(self.batches)
-        generator = step_generator(0, trainer.state.micro_step, 0)
+        generators = trainer.generators()
         trainer.state.micro_step += 1
         with trainer.accelerator.accumulate(trainer.model):
-            loss = trainer.compute_loss(batch, generator)
+            loss = trainer.compute_loss(batch, generators)
             trainer.accelerator.backward(loss)
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -321,13 +376,20 @@ class PeakMemory:
             self.thread.join()
 
 
-def weights_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the distinct parameters and buffers of some modules."""
-    seen = {}
-    for module in modules:
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
-    return sum(seen.values())
+def frozen_modules(base: BaseModels) -> list[torch.nn.Module]:
+    """The SDXL modules both setups keep loaded: UNet, VAE and both text encoders."""
+    return [base.unet, base.vae, base.text_encoder, base.text_encoder_2]
+
+
+def resident_bytes(
+    modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]
+) -> int:
+    """Bytes of the distinct storages a setup keeps between steps: module weights and buffers, optimizer
+    state (after a step has created it) and other kept tensors (cached prompt embeddings)."""
+    kept = [t for m in modules for t in (*m.parameters(), *m.buffers())] + list(tensors)
+    kept += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+    return sum(storages.values())
 
 
 def measure(name: str, runner: Any, steps: int, device: torch.device, memory: PeakMemory) -> float:
@@ -355,48 +417,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--preset", choices=sorted(PRESETS), default="tiny" if not torch.cuda.is_available() else "sdxl",
         help="model sizes: sdxl (real shapes, GPU) or tiny (anywhere)",
     )
-    parser.add_argument("--batch", type=int, default=None, help="default 8 (sdxl) / 2 (tiny)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="precision of both setups (official: fp32; compare bf16 with bf16)",
+    )
+    parser.add_argument("--batch", type=int, default=None, help="per step, both setups; default 8 / 2 (tiny)")
     parser.add_argument("--resolution", type=int, default=None, help="default 512 (sdxl) / 128 (tiny)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per setup")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per round")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of each setup")
     parser.add_argument(
-        "--mixed-precision", default=None, help="trainer precision (default bf16 on GPU, no on CPU)"
+        "--photos", default=None, help="folder of face photos (default: made from insightface's)"
+    )
+    parser.add_argument(
+        "--num-photos", type=int, default=None, help="photos to make (default max(4 x batch, 12))"
     )
     parser.add_argument(
         "--tokenizers",
-        default=str(REPO.parent / "shared" / "golden" / "sdxl_tiny"),
-        help="folder with tokenizer/ and tokenizer_2/ (CLIP BPE files)",
+        default=None,
+        help="folder with tokenizer/ and tokenizer_2/ (e.g. an SDXL folder); default: built here",
     )
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch or (8 if args.preset == "sdxl" else 2)
     resolution = args.resolution or (512 if args.preset == "sdxl" else 128)
-    precision = args.mixed_precision or ("bf16" if device.type == "cuda" else "no")
+    precision = "bf16" if args.precision == "bf16" else "no"
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
+        tokenizers = Path(args.tokenizers) if args.tokenizers else write_tiny_tokenizers(work / "tokenizers")
         base_dir = work / "base"
-        trainer_base = build_base(preset, Path(args.tokenizers), device, base_dir)
-        baseline_base = build_base(preset, Path(args.tokenizers), device, work / "base_copy")
-        photos = make_photos(work / "photos", max(4 * batch, 12))
+        trainer_base = build_base(preset, tokenizers, device, base_dir)
+        baseline_base = build_base(preset, tokenizers, device, work / "base_copy")
+        if args.photos:
+            photo_dir = Path(args.photos)
+            photos = [Path(p.path) for p in collect_inputs([str(photo_dir)])]
+        else:
+            photo_dir = work / "photos"
+            photos = make_photos(photo_dir, args.num_photos or max(4 * batch, 12))
         prepare_main(
             [
-                "--images",
-                str(work / "photos"),
-                "--out",
-                str(work / "ds"),
-                "--detector",
-                "mtcnn",
-                "--latents",
-                "--base",
-                str(base_dir),
-                "--resolution",
-                str(resolution),
-                "--device",
-                str(device),
+                "--images", str(photo_dir), "--out", str(work / "ds"), "--detector", "mtcnn", "--latents",
+                "--base", str(base_dir), "--resolution", str(resolution), "--device", str(device),
             ]
-        )
+        )  # fmt: skip
 
         def face_net() -> FaceRecognitionNet:
             torch.manual_seed(1)
@@ -418,14 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checkpointing_steps=0,
         )
         ours = Ours(Trainer(cfg, face_net=face_net(), base=trainer_base))
-        baseline = Baseline(
-            baseline_base,
-            face_net(),
-            TrainConfig(**{**cfg.to_dict(), "mixed_precision": "no"}),
-            photos,
-            device,
-            args.workers,
-        )
+        baseline = Baseline(baseline_base, face_net(), cfg, photos, device, args.workers)
         ours.step(), baseline.step()
         rates: dict[str, list[float]] = {"trainer": [], "baseline": []}
         peaks = {"trainer": PeakMemory(device), "baseline": PeakMemory(device)}
@@ -433,39 +492,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name in ("baseline", "trainer"):
                 rates[name].append(measure(name, runners[name], args.steps, device, peaks[name]))
-        trainer_weights = weights_bytes(trainer_base.unet, ours.trainer.face_net, ours.trainer.uniid)
-        baseline_weights = weights_bytes(
-            baseline_base.unet,
-            baseline_base.vae,
-            baseline_base.text_encoder,
-            baseline_base.text_encoder_2,
-            baseline.face_net,
-            baseline.uniid,
-        )
+        trainer = ours.trainer
+        resident = {
+            "trainer": resident_bytes(
+                [*frozen_modules(trainer_base), trainer.face_net, trainer.uniid],
+                trainer.optimizer.optimizer,
+                [trainer.prompts.embeds, trainer.prompts.pooled],
+            ),
+            "baseline": resident_bytes(
+                [*frozen_modules(baseline_base), baseline.face_net, baseline.uniid], baseline.optimizer, []
+            ),
+        }
+        peak = {name: resident[name] + peaks[name].peak for name in resident}
+        speed = {k: statistics.median(v) for k, v in rates.items()}
         summary = {
             "preset": args.preset,
             "device": str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
             "batch": batch,
             "resolution": resolution,
-            "trainer_precision": precision,
-            "images_per_s": {k: round(statistics.median(v), 3) for k, v in rates.items()},
+            "precision": args.precision,
+            "images_per_s": {k: round(v, 3) for k, v in speed.items()},
             "best_round_images_per_s": {k: round(max(v), 3) for k, v in rates.items()},
             "rounds": {k: [round(x, 3) for x in v] for k, v in rates.items()},
-            "ratio_trainer_over_baseline": round(
-                statistics.median(rates["trainer"]) / statistics.median(rates["baseline"]), 2
-            ),
-            "peak_memory_mib": {
-                "trainer": round((trainer_weights + peaks["trainer"].peak) / 2**20),
-                "baseline": round((baseline_weights + peaks["baseline"].peak) / 2**20),
-                "measure": "resident model weights + transient peak of the steps ("
-                + ("CUDA allocator" if device.type == "cuda" else "sampled RSS growth")
-                + ")",
-            },
+            "ratio_images_per_s_trainer_over_baseline": round(speed["trainer"] / speed["baseline"], 2),
+            "peak_memory_mib": {k: round(v / 2**20, 1) for k, v in peak.items()},
+            "resident_memory_mib": {k: round(v / 2**20, 1) for k, v in resident.items()},
+            "ratio_peak_memory_trainer_over_baseline": round(peak["trainer"] / peak["baseline"], 2),
+            "memory_measure": "resident weights + optimizer state + kept tensors, plus the transient peak of "
+            "the steps ("
+            + (
+                "CUDA allocator"
+                if device.type == "cuda"
+                else "sampled RSS growth of this process; DataLoader worker processes not included"
+            )
+            + ")",
             "threads": {
                 "torch_intra_op": torch.get_num_threads(),
                 "process_os_threads": os_threads(),
                 "dataloader_workers_each": args.workers,
             },
+            "tokenizers": str(args.tokenizers or "built here (byte-level BPE, no merges)"),
             "note": "baseline lacks the official processor's per-layer host syncs (optimistic on GPU)",
         }
         print(json.dumps(summary, indent=1))

@@ -1,7 +1,12 @@
-"""Atomic accelerate checkpoints with keep-last-K, trainer position, EMA weights, and branch export."""
+"""Atomic accelerate checkpoints with keep-last-K, trainer position, EMA weights, and branch export.
+
+A complete checkpoint is on disk at every moment: a new one is written under a temporary name and
+renamed into place before any old one is removed, and a complete one is never overwritten.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,24 +26,72 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 UNIID_FILE = "uniid.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer_state.json"
+FINISHED_FILE = "finished.json"
 
 
 @dataclass
 class TrainerState:
-    """Where training stands: optimizer updates done, micro-batches done, and the data position."""
+    """Where training stands (optimizer updates, micro-batches, data position) and the layout that got there.
+
+    The layout (processes, per-process batch, accumulation, dataset size) decides which samples each step
+    sees; a resume checks it (see check_resume_layout). None means: written before it was recorded.
+    """
 
     global_step: int = 0
     micro_step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    world_size: int | None = None
+    train_batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
+    num_samples: int | None = None
+
+
+def check_resume_layout(saved: TrainerState, now: TrainerState, path: Path) -> str | None:
+    """Refuse a resume that would change which samples a step sees; note a safe change of process count.
+
+    Steps see the same samples (and LR, noise, dropout) when processes x per-process batch, the
+    accumulation and the dataset size are unchanged, so e.g. 2 processes x batch 4 may resume as 1 x 8.
+    """
+    if saved.world_size is None:
+        return None
+    before = saved.world_size * saved.train_batch_size
+    after = now.world_size * now.train_batch_size
+    layout = (
+        f"{saved.world_size} process(es) x train_batch_size {saved.train_batch_size} x "
+        f"gradient_accumulation_steps {saved.gradient_accumulation_steps} on {saved.num_samples} samples"
+    )
+    if saved.num_samples != now.num_samples:
+        raise CheckpointError(
+            f"{path} was trained on a dataset of {saved.num_samples} samples, this one has "
+            f"{now.num_samples}: the data order would change. Resume with the same dataset, or start a "
+            "new output_dir (init_from: a UniID export keeps the trained weights)"
+        )
+    if before != after or saved.gradient_accumulation_steps != now.gradient_accumulation_steps:
+        options = [f"{w} x {before // w}" for w in (1, 2, 4, 8, 16, 32, 64) if before % w == 0]
+        raise CheckpointError(
+            f"{path} was trained with {layout}; this run has {now.world_size} x {now.train_batch_size} x "
+            f"{now.gradient_accumulation_steps}. Resuming would change the samples per step. Keep "
+            f"gradient_accumulation_steps {saved.gradient_accumulation_steps} and processes x "
+            f"train_batch_size = {before} (e.g. {', '.join(options[:4])}; set it with --set "
+            "train_batch_size=N), or start a new output_dir"
+        )
+    if saved.world_size != now.world_size:
+        return (
+            f"{path} was trained with {layout}; continuing on {now.world_size} x {now.train_batch_size}: "
+            "the same samples, step and learning rate"
+        )
+    return None
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Completed checkpoints (checkpoint-<step>, never the .tmp folders), oldest first."""
+    """Completed checkpoints (checkpoint-<step> holding its state file), oldest first."""
     if not root.is_dir():
         return []
     found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_FILE).is_file()
     ]
     return [p for _, p in sorted(found)]
 
@@ -58,31 +111,57 @@ def resolve_resume(root: Path, value: str | None) -> Path | None:
     return path
 
 
+def remove_folder(path: Path) -> None:
+    """Rename a folder out of the checkpoint namespace, then delete it (a kill midway leaves only trash)."""
+    trash = path.with_name(f".trash-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def prune(root: Path, keep: int | None) -> None:
-    """Delete the oldest checkpoints so that at most `keep` remain."""
+    """Delete the oldest checkpoints so that at most `keep` remain (the newest is never touched)."""
     if not keep or keep < 1:
         return
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_folder(old)
+
+
+def clean_debris(root: Path) -> None:
+    """Remove what an interrupted save or prune left: temporary and trash folders, incomplete checkpoints."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        incomplete = CHECKPOINT_RE.match(path.name) and not (path / STATE_FILE).is_file()
+        if path.is_dir() and (path.name.startswith((".tmp-", ".trash-")) or incomplete):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(
-    accelerator: Any, root: Path, state: TrainerState, config: dict[str, Any], keep: int | None
+    accelerator: Any,
+    root: Path,
+    state: TrainerState,
+    config: dict[str, Any],
+    keep: int | None,
+    save_kwargs: dict[str, Any] | None = None,
 ) -> Path:
-    """accelerate.save_state into a temporary folder, then rename it to checkpoint-<step> (all processes)."""
+    """accelerate.save_state into a temporary folder, renamed to checkpoint-<step> (all processes).
+
+    A complete checkpoint of the same step is kept as it is: with exact resume it holds the same state.
+    """
     final = root / f"checkpoint-{state.global_step}"
+    if (final / STATE_FILE).is_file():
+        return final
     tmp = root / f".tmp-checkpoint-{state.global_step}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_debris(root)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp), **(save_kwargs or {}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "train_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state)), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
         os.replace(tmp, final)
         prune(root, keep)
     accelerator.wait_for_everyone()
@@ -90,8 +169,23 @@ def save_checkpoint(
 
 
 def read_trainer_state(path: Path) -> TrainerState:
-    """The data position stored with a checkpoint."""
-    return TrainerState(**json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
+    """The data position and layout stored with a checkpoint."""
+    data = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    known = {f.name for f in dataclasses.fields(TrainerState)}
+    return TrainerState(**{k: v for k, v in data.items() if k in known})
+
+
+def write_finished(out: Path, step: int, export: Path) -> None:
+    """Record that the run reached its last step and wrote its export (written after the export)."""
+    tmp = out / f".{FINISHED_FILE}.tmp"
+    tmp.write_text(json.dumps({"global_step": step, "export": str(export)}), encoding="utf-8")
+    os.replace(tmp, out / FINISHED_FILE)
+
+
+def read_finished(out: Path) -> dict[str, Any] | None:
+    """The finished record of a run folder, or None."""
+    path = out / FINISHED_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def save_ema(ema: Any, path: Path) -> None:

@@ -42,7 +42,8 @@ class TrainConfig:
     train_batch_size: int | None = None
     num_train_epochs: int | None = None
     max_train_steps: int | None = None
-    stop_after_steps: int | None = None
+    max_steps_per_run: int | None = None
+    max_run_minutes: float | None = None
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -100,6 +101,10 @@ class TrainConfig:
             raise UniIDError("prompt_template must contain {class_word}, e.g. 'a photo of a {class_word}'")
         if self.gradient_accumulation_steps < 1 or self.train_batch_size < 1:
             raise UniIDError("train_batch_size and gradient_accumulation_steps must be >= 1")
+        for key in ("max_steps_per_run", "max_run_minutes"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise UniIDError(f"{key} must be > 0 (or null for no limit), got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logging and for saving next to checkpoints)."""

@@ -1,27 +1,40 @@
 """Build a training dataset once: detect + align faces, record class words, optionally cache VAE latents.
 
 `python -m training.prepare --images DIR_OR_LIST [...] --out DATASET_DIR [--detector insightface]
-[--latents --base SDXL_DIR]`. Output: shards/shard_NNNNN.safetensors (aligned uint8 crops, optional
-latent mean/std) + shard_NNNNN.json, index.json and report.json / failures.tsv listing every skipped image.
-Re-running skips every image already recorded (used or failed) and appends new shards.
+[--latents --base SDXL_DIR] [--workers N] [--part I/N]`. Output: shards/*.safetensors (aligned uint8
+crops, optional latent mean/std) + their JSON, index.json and report.json / failures.tsv listing every
+skipped image. Progress is saved every --save-every seconds and on Ctrl-C / SIGTERM; re-running the same
+command skips every image already recorded (used or failed) and continues.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
+import multiprocessing
+import os
+import signal
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from training.data import FORMAT_VERSION, INDEX_NAME, SHARD_DIR, resize_target, write_json_atomic
+from training.data import SHARD_DIR, resize_target
+from training.shards import (
+    ShardWriter,
+    done_images,
+    latent_settings,
+    prefix_part,
+    read_records,
+    seal_leftover_pieces,
+    shard_prefix,
+    write_index,
+)
 from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.errors import FaceDetectionError, UniIDError
 from uniid_core.face.align import align_face
@@ -32,6 +45,8 @@ from uniid_core.face.prealigned import PreAlignedDetector
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list", ".tsv"}
+DETECTORS = ("insightface", "mtcnn", "pre-aligned")
+INTERRUPTED = 130
 
 
 @dataclass
@@ -40,16 +55,6 @@ class InputImage:
 
     path: str
     class_word: str | None = None
-
-
-@dataclass
-class ShardBuffer:
-    """Samples of the shard being built."""
-
-    faces: list[np.ndarray] = field(default_factory=list)
-    targets: list[np.ndarray] = field(default_factory=list)
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
 
 
 def collect_inputs(sources: Iterable[str]) -> list[InputImage]:
@@ -89,16 +94,6 @@ def class_word_for(face: DetectedFace, forced: str | None) -> str:
     return class_word_from_gender(face.gender)
 
 
-def done_images(out: Path) -> set[str]:
-    """Every image already recorded (used or failed) in a completed shard."""
-    done: set[str] = set()
-    for meta in sorted((out / SHARD_DIR).glob("shard_*.json")):
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        done.update(e["image"] for e in record["entries"])
-        done.update(f["image"] for f in record["failures"])
-    return done
-
-
 class LatentEncoder:
     """Encodes 512x512 targets with the SDXL VAE and keeps the latent distribution (mean, std)."""
 
@@ -111,99 +106,234 @@ class LatentEncoder:
         self.dtype = dtype
 
     @torch.no_grad()
-    def __call__(self, targets: list[np.ndarray], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, H, W, 3) uint8 -> unscaled latent mean and std, float16 on the CPU."""
-        means, stds = [], []
-        for start in range(0, len(targets), batch_size):
-            chunk = torch.from_numpy(np.stack(targets[start : start + batch_size]))
-            pixels = chunk.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
-            means.append(dist.mean.float().cpu().half().contiguous())
-            stds.append(dist.std.float().cpu().half().contiguous())
-        return torch.cat(means).contiguous(), torch.cat(stds).contiguous()
+    def __call__(self, targets: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of (H, W, 3) uint8 targets -> unscaled latent mean and std, float16 on the CPU."""
+        pixels = torch.from_numpy(np.stack(targets)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        return dist.mean.float().cpu().half(), dist.std.float().cpu().half()
 
 
-class Preparer:
-    """Runs detection/alignment image by image and writes finished shards atomically."""
+def build_detector(args: argparse.Namespace, threads: int | None = None) -> FaceDetector:
+    """The face detector the options ask for (`threads` caps MTCNN's onnxruntime threads per worker)."""
+    options: dict[str, Any] = {}
+    if args.detector == "insightface":
+        options = {"provider": args.detector_provider, "det_size": args.det_size, "name": args.detector_name}
+        if args.detector_root:
+            options["root"] = args.detector_root
+    elif args.detector == "mtcnn" and threads:
+        options = {"threads": threads}
+    return make_detector(args.detector, **options)
 
-    def __init__(self, out: Path, detector: FaceDetector, args: argparse.Namespace) -> None:
-        """Set up the output folder and, with --latents, the VAE."""
-        self.out = out
-        self.detector = detector
-        self.args = args
-        (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        part, parts = args.part
-        self.prefix = "shard_" if parts == 1 else f"shard_p{part:03d}_"
-        pattern = re.compile(re.escape(self.prefix) + r"(\d+)\.json$")
-        numbers = [int(m.group(1)) for p in (out / SHARD_DIR).iterdir() if (m := pattern.match(p.name))]
-        self.next_shard = max(numbers) + 1 if numbers else 0
+
+def process_image(
+    item: InputImage, detector: FaceDetector, writer: ShardWriter, args: argparse.Namespace
+) -> None:
+    """Detect, align and buffer one image, or record why it was skipped."""
+    try:
+        image = load_image(item.path)
+        faces = detector.detect(image)
+    except (FaceDetectionError, OSError, ValueError) as exc:
+        writer.fail(item.path, f"unreadable: {exc}")
+        return
+    if not faces and args.no_face == "skip":
+        writer.fail(item.path, "no face detected")
+        return
+    if faces:
+        face = pick_face(faces, args.select)
+        aligned = face.aligned if face.aligned is not None else align_face(image, face.landmarks)
+    else:
+        face = PreAlignedDetector().detect(image)[0]
+        face.score = 0.0
+        aligned = face.aligned
+    entry = {
+        "image": item.path,
+        "class_word": class_word_for(face, item.class_word or args.class_word),
+        "original_size": [int(image.shape[0]), int(image.shape[1])],
+        "score": float(face.score),
+        "num_faces": len(faces),
+    }
+    target = resize_target(image, args.resolution) if args.latents else None
+    writer.add(aligned, entry, target)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """Turn SIGTERM (cluster pre-emption, `kill`) into the same graceful stop as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    """Let a save in progress finish: a second Ctrl-C or SIGTERM must not abort it (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def prepare_items(
+    out: Path,
+    items: list[InputImage],
+    args: argparse.Namespace,
+    prefix: str,
+    stop: Any = None,
+    on_image: Callable[[], None] | None = None,
+    threads: int | None = None,
+) -> None:
+    """Prepare `items` into shards named `prefix`, saving a piece every --save-every seconds.
+
+    Any exception (Ctrl-C included) first saves what was finished, then propagates. `stop` (an Event)
+    ends the loop after the current image; `on_image` is called after each image.
+    """
+    detector = build_detector(args, threads)
+    encoder = None
+    if args.latents:
         dtype = torch.float16 if args.vae_dtype == "fp16" else torch.float32
-        self.encoder = LatentEncoder(args.base, args.device, dtype) if args.latents else None
-
-    def process(self, item: InputImage, buffer: ShardBuffer) -> None:
-        """Detect, align and buffer one image, or record why it was skipped."""
-        try:
-            image = load_image(item.path)
-            faces = self.detector.detect(image)
-        except (FaceDetectionError, OSError, ValueError) as exc:
-            buffer.failures.append({"image": item.path, "reason": f"unreadable: {exc}"})
-            return
-        if not faces and self.args.no_face == "skip":
-            buffer.failures.append({"image": item.path, "reason": "no face detected"})
-            return
-        if faces:
-            face = pick_face(faces, self.args.select)
-            aligned = face.aligned if face.aligned is not None else align_face(image, face.landmarks)
-        else:
-            face = PreAlignedDetector().detect(image)[0]
-            face.score = 0.0
-            aligned = face.aligned
-        buffer.faces.append(np.ascontiguousarray(aligned, dtype=np.uint8))
-        if self.encoder is not None:
-            buffer.targets.append(resize_target(image, self.args.resolution))
-        buffer.entries.append(
-            {
-                "image": item.path,
-                "class_word": class_word_for(face, item.class_word or self.args.class_word),
-                "original_size": [int(image.shape[0]), int(image.shape[1])],
-                "score": float(face.score),
-                "num_faces": len(faces),
-            }
-        )
-
-    def flush(self, buffer: ShardBuffer) -> None:
-        """Write the buffered shard (tensors first, then its JSON, which marks it complete)."""
-        if not buffer.entries and not buffer.failures:
-            return
-        name = f"{self.prefix}{self.next_shard:05d}"
-        record: dict[str, Any] = {"file": None, "entries": buffer.entries, "failures": buffer.failures}
-        if buffer.entries:
-            tensors = {"faces": torch.from_numpy(np.stack(buffer.faces))}
-            if self.encoder is not None:
-                tensors["latent_mean"], tensors["latent_std"] = self.encoder(
-                    buffer.targets, self.args.vae_batch
-                )
-            target = self.out / SHARD_DIR / f"{name}.safetensors"
-            tmp = target.with_name(f".{target.name}.tmp")
-            save_file(tensors, str(tmp))
-            tmp.replace(target)
-            record["file"] = target.name
-            record["latents"] = self.encoder is not None
-            record["latent_resolution"] = self.args.resolution if self.encoder is not None else None
-        write_json_atomic(self.out / SHARD_DIR / f"{name}.json", record)
-        self.next_shard += 1
-        buffer.__init__()
-
-    def run(self, items: list[InputImage]) -> None:
-        """Process every pending image, flushing a shard every --shard-size used images."""
-        buffer = ShardBuffer()
-        progress = _progress(len(items))
+        encoder = LatentEncoder(args.base, args.device, dtype)
+    writer = ShardWriter(
+        out, prefix, args.shard_size, encoder, args.resolution if args.latents else None, args.vae_batch
+    )
+    saved_at = time.monotonic()
+    try:
         for item in items:
-            self.process(item, buffer)
-            progress.update(1)
-            if len(buffer.entries) >= self.args.shard_size or len(buffer.failures) >= self.args.shard_size:
-                self.flush(buffer)
-        self.flush(buffer)
+            if stop is not None and stop.is_set():
+                break
+            process_image(item, detector, writer, args)
+            if on_image is not None:
+                on_image()
+            if writer.full():
+                writer.seal()
+                saved_at = time.monotonic()
+            elif time.monotonic() - saved_at >= args.save_every:
+                writer.save_piece()
+                saved_at = time.monotonic()
+    except BaseException:
+        _ignore_signals()
+        writer.save_piece()
+        raise
+    writer.seal()
+
+
+def limit_threads(threads: int) -> None:
+    """Cap this process's CPU threads (torch, OpenCV; MTCNN's onnxruntime gets `threads` too)."""
+    torch.set_num_threads(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:
+        pass
+
+
+def _worker(
+    out: Path,
+    items: list[InputImage],
+    args: argparse.Namespace,
+    prefix: str,
+    stop: Any,
+    done: Any,
+    threads: int,
+) -> None:
+    """Entry point of one worker process: Ctrl-C is the parent's to handle, SIGTERM stops gracefully."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    limit_threads(threads)
+
+    def count() -> None:
+        with done.get_lock():
+            done.value += 1
+
+    try:
+        prepare_items(out, items, args, prefix, stop, count, threads)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+
+
+class Throughput:
+    """Finished-image count with the times of the first and the latest finish (steady rate, no start-up)."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.count = self.first_count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def update(self, count: int) -> None:
+        """Record that `count` images are finished by now."""
+        if count > self.count:
+            now = time.perf_counter()
+            if self.first is None:
+                self.first, self.first_count = now, count
+            self.last = now
+            self.progress.update(count - self.count)
+            self.count = count
+
+    def steady(self) -> float | None:
+        """Images/s between the first and the latest finish (None before two finishes)."""
+        if self.first is None or self.last == self.first:
+            return None
+        return (self.count - self.first_count) / (self.last - self.first)
+
+
+def run_workers(out: Path, pending: list[InputImage], args: argparse.Namespace) -> Throughput:
+    """Prepare the pending images in this process (--workers 1) or in several worker processes."""
+    part, parts = args.part
+    workers = max(1, min(args.workers, len(pending)))
+    progress = _progress(len(pending))
+    finished = Throughput(progress)
+    try:
+        if workers == 1:
+            if args.threads:
+                limit_threads(args.threads)
+            prefix = shard_prefix(part, parts, 0, 1)
+            prepare_items(
+                out,
+                pending,
+                args,
+                prefix,
+                on_image=lambda: finished.update(finished.count + 1),
+                threads=args.threads,
+            )
+            return finished
+        context = multiprocessing.get_context("spawn")
+        stop, done = context.Event(), context.Value("q", 0)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+        processes = [
+            context.Process(
+                target=_worker,
+                args=(
+                    out,
+                    pending[w::workers],
+                    args,
+                    shard_prefix(part, parts, w, workers),
+                    stop,
+                    done,
+                    threads,
+                ),
+                name=f"prepare-worker-{w}",
+            )
+            for w in range(workers)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            while any(p.is_alive() for p in processes):
+                processes[0].join(timeout=0.1)
+                finished.update(done.value)
+        except KeyboardInterrupt:
+            _ignore_signals()
+            stop.set()
+            for process in processes:
+                process.join()
+            raise
+        finished.update(done.value)
+        codes = [p.exitcode for p in processes]
+        if INTERRUPTED in codes:
+            raise KeyboardInterrupt
+        if any(codes):
+            raise UniIDError(
+                f"prepare workers exited with codes {codes} (see their errors above); what they finished is "
+                "saved: fix the cause and run the same command again to continue"
+            )
+        return finished
+    finally:
         progress.close()
 
 
@@ -212,52 +342,6 @@ def _progress(total: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="prepare", unit="img", file=sys.stderr)
-
-
-def existing_latent_settings(out: Path) -> set[tuple[bool, int | None]]:
-    """(has latents, resolution) of the shards already written, to refuse mixing settings on resume."""
-    settings = set()
-    for meta in (out / SHARD_DIR).glob("shard_*.json"):
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        if record["file"]:
-            settings.add((bool(record.get("latents")), record.get("latent_resolution")))
-    return settings
-
-
-def write_index(out: Path, detector: str) -> dict[str, Any]:
-    """Merge the shard JSONs into index.json and write report.json + failures.tsv; returns the report."""
-    shards, failures = [], []
-    for meta in sorted((out / SHARD_DIR).glob("shard_*.json")):
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        failures.extend(record["failures"])
-        if record["file"]:
-            shards.append(
-                {"file": record["file"], "latents": bool(record.get("latents")), "entries": record["entries"]}
-            )
-    settings = existing_latent_settings(out)
-    if len(settings) > 1:
-        raise UniIDError(
-            f"{out} mixes shards with different latent settings {settings}: prepare into a new --out"
-        )
-    num = sum(len(s["entries"]) for s in shards)
-    resolution = next(iter(settings))[1] if settings else None
-    index = {
-        "version": FORMAT_VERSION,
-        "detector": detector,
-        "num_samples": num,
-        "shards": shards,
-        "latent_resolution": resolution,
-    }
-    write_json_atomic(out / INDEX_NAME, index)
-    words: dict[str, int] = {}
-    for shard in shards:
-        for entry in shard["entries"]:
-            words[entry["class_word"]] = words.get(entry["class_word"], 0) + 1
-    report = {"num_samples": num, "num_failed": len(failures), "class_words": words, "failures": failures}
-    write_json_atomic(out / "report.json", report)
-    lines = ["image\treason"] + [f"{f['image']}\t{f['reason']}" for f in failures]
-    (out / "failures.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return report
 
 
 def _part(text: str) -> tuple[int, int]:
@@ -271,6 +355,14 @@ def _part(text: str) -> tuple[int, int]:
     return part, parts
 
 
+def _positive(text: str) -> int:
+    """An integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argument_parser("python -m training.prepare", __doc__.split("\n")[0])
@@ -279,10 +371,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", required=True, help="dataset folder (created; re-running resumes)")
     parser.add_argument(
-        "--detector", default="insightface", help="insightface (gives man/woman), mtcnn, pre-aligned"
+        "--detector",
+        choices=DETECTORS,
+        default="insightface",
+        help="insightface (official; gives man/woman), mtcnn (ships with the pack), pre-aligned",
     )
     parser.add_argument(
         "--detector-root", default=None, help="insightface model root (default ~/.insightface)"
+    )
+    parser.add_argument(
+        "--detector-name", default="buffalo_l", help="insightface model pack (official: buffalo_l)"
+    )
+    parser.add_argument(
+        "--detector-provider",
+        default="CPU",
+        help="onnxruntime provider for insightface: CPU, CUDA, TensorRT, ROCm, CoreML, DirectML, OpenVINO",
+    )
+    parser.add_argument(
+        "--det-size",
+        type=int,
+        default=320,
+        help="insightface detection size (official: 320); smaller sizes are tried when no face is found",
     )
     parser.add_argument(
         "--select", choices=("largest", "score"), default="largest", help="which face to keep"
@@ -295,13 +404,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip (and report) images without a face, or use the whole image resized to 112x112 as the face "
         "with class word 'person' (the official fallback, in RGB)",
     )
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard")
+    parser.add_argument(
+        "--save-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="save finished images at least this often (a kill loses at most this much work)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes on this machine (each its own detector)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="CPU threads per worker (torch, OpenCV, MTCNN); default: cores / workers (1 worker: as is)",
+    )
     parser.add_argument(
         "--part",
         type=_part,
         default=(0, 1),
         metavar="I/N",
-        help="process only every N-th image, starting at the I-th (default: 0/1, every image)",
+        help="process only every N-th image from the I-th (one part per machine; default: 0/1, every image)",
     )
     parser.add_argument(
         "--latents", action="store_true", help="also cache VAE latents of the training targets"
@@ -309,14 +437,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base", default=None, help="diffusers SDXL folder (for --latents)")
     parser.add_argument("--resolution", type=int, default=512, help="target size for --latents")
     parser.add_argument(
-        "--detector-provider", default="CPU", help="onnxruntime provider for insightface (CPU, CUDA, ...)"
-    )
-    parser.add_argument("--det-size", type=int, default=640, help="insightface detection size")
-    parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device for the VAE"
     )
     parser.add_argument("--vae-dtype", choices=("fp32", "fp16"), default="fp32", help="VAE precision")
-    parser.add_argument("--vae-batch", type=int, default=8, help="images per VAE encoder call")
+    parser.add_argument("--vae-batch", type=_positive, default=8, help="images per VAE encoder call")
     args = parser.parse_args(argv)
     if args.latents and not args.base:
         parser.error("--latents needs --base SDXL_DIR (the VAE to encode with)")
@@ -324,37 +448,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Prepare (or finish preparing) a dataset and print a summary; returns the report."""
+    """Prepare (or finish preparing) a dataset and print a summary; returns the report.
+
+    The returned report also holds "this_run": images, seconds and the steady images/s of this run
+    (between the first and the last finished image, so without model loading and worker start-up).
+    Ctrl-C or SIGTERM saves what is finished and exits with code 130.
+    """
     args = parse_args(argv)
     if args.latents:
         require_paths(path_problem("--base", args.base, "folder", "model_index.json", "an SDXL folder"))
     out = Path(args.out)
     part, parts = args.part
     items = collect_inputs(args.images)[part::parts]
-    done = done_images(out) if (out / SHARD_DIR).is_dir() else set()
+    seal_leftover_pieces(out, lambda prefix: prefix_part(prefix) == (part if parts > 1 else None))
+    done = done_images(out)
     pending = [it for it in items if it.path not in done]
-    settings = existing_latent_settings(out) if (out / SHARD_DIR).is_dir() else set()
+    shards, pieces = read_records(out)
+    settings = latent_settings(shards + pieces)
     wanted = (bool(args.latents), args.resolution if args.latents else None)
     if pending and settings and settings != {wanted}:
         raise UniIDError(
             f"{out} was prepared with (latents, resolution) = {sorted(settings)}, this run asks for {wanted}:"
             " use the same --latents/--resolution to resume, or a new --out folder"
         )
-    options: dict[str, Any] = {}
-    if args.detector == "insightface":
-        options = {"provider": args.detector_provider, "det_size": args.det_size}
-        if args.detector_root:
-            options["root"] = args.detector_root
-    if pending:
-        Preparer(out, make_detector(args.detector, **options), args).run(pending)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    if in_main_thread:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    start = time.perf_counter()
+    steady = None
+    try:
+        if pending:
+            steady = run_workers(out, pending, args).steady()
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: every finished image is saved in {out / SHARD_DIR}; run the same command again "
+            "to continue where it stopped",
+            file=sys.stderr,
+        )
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+    elapsed = time.perf_counter() - start
     report = write_index(out, args.detector)
+    rate = f" in {elapsed:.1f} s" if pending else ""
+    if steady:
+        rate += f" ({steady:.2f} images/s after start-up)"
     print(
-        f"prepared {report['num_samples']} samples ({len(items) - len(pending)} images were already done), "
-        f"skipped {report['num_failed']} (listed in {out / 'failures.tsv'}); "
+        f"prepared {report['num_samples']} samples ({len(items) - len(pending)} images were already done, "
+        f"{len(pending)} this run{rate}), skipped {report['num_failed']} (listed in {out / 'failures.tsv'}); "
         f"class words {report['class_words']}",
         file=sys.stderr,
     )
-    return report
+    return dict(report, this_run={"images": len(pending), "seconds": elapsed, "steady_images_per_s": steady})
 
 
 if __name__ == "__main__":

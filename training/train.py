@@ -1,14 +1,18 @@
 """UniID identity-focused training of one branch (stage "text" or "adapter") with accelerate.
 
 `accelerate launch -m training.train --config FILE.yaml [--resume latest] [--set key=value ...]`
+Resubmitting the same command with `--resume latest` continues a run until max_train_steps and exports
+once; `max_steps_per_run` / `max_run_minutes` end one invocation early (with a checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +22,20 @@ import torch.nn.functional as F
 
 from training.checkpointing import (
     EMA_FILE,
+    FINISHED_FILE,
     UNIID_FILE,
     TrainerState,
+    check_resume_layout,
     export_uniid,
+    list_checkpoints,
     load_branch_weights,
     load_ema,
+    read_finished,
     read_trainer_state,
     resolve_resume,
     save_checkpoint,
     save_ema,
+    write_finished,
 )
 from training.components import (
     BaseModels,
@@ -49,12 +58,15 @@ from training.data import (
 from uniid_core.checkpoint import load_face_net, save_uniid
 from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.diffusers_processor import install_uniid_processors
-from uniid_core.errors import UniIDError
+from uniid_core.errors import CheckpointError, UniIDError
 
 
 @dataclass
 class TrainResult:
-    """What a run did: logged (step, loss) pairs, the final step, checkpoint and export paths."""
+    """What a run did: logged (step, loss) pairs, the final step, checkpoint and export paths.
+
+    `export` is the file this invocation exported (None when it stopped early or had nothing to do).
+    """
 
     losses: list[tuple[int, float]] = field(default_factory=list)
     global_step: int = 0
@@ -62,12 +74,22 @@ class TrainResult:
     export: Path | None = None
 
 
-def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """CPU generator for one micro-batch's randomness, a pure function of (seed, micro-step, rank).
+def sample_generators(seed: int, micro_step: int, first: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per sample: a pure function of seed, micro-step and place in the global micro-batch.
 
-    Resuming therefore replays the exact noise, timesteps, dropout and latent samples.
+    `first` is this process's first position (rank x per-process batch). Resuming, or splitting the same
+    global micro-batch over another number of processes, replays the exact noise, timesteps, dropout and
+    latent samples of every sample.
     """
-    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_009 + rank)
+    base = (seed * 1_000_003 + micro_step) * 1_000_033
+    return [torch.Generator().manual_seed(base + first + j) for j in range(count)]
+
+
+def per_sample(
+    generators: list[torch.Generator], draw: Callable[[torch.Generator], torch.Tensor]
+) -> torch.Tensor:
+    """Stack one draw per sample, each from that sample's generator."""
+    return torch.stack([draw(g) for g in generators])
 
 
 class Trainer:
@@ -82,7 +104,9 @@ class Trainer:
         random-weight models built in memory).
         """
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+
+        self.started = time.monotonic()
 
         missing = [
             k
@@ -101,8 +125,10 @@ class Trainer:
             mixed_precision=cfg.mixed_precision,
             log_with=cfg.report_to or None,
             project_config=project,
+            step_scheduler_with_optimizer=False,
         )
         acc = self.accelerator
+        self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         set_seed(cfg.seed)
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -167,8 +193,8 @@ class Trainer:
         scheduler = get_scheduler(
             cfg.lr_scheduler,
             optimizer,
-            num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
-            num_training_steps=self.max_steps * acc.num_processes,
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=self.max_steps,
         )
         self.ema = None
         if cfg.use_ema:
@@ -176,10 +202,12 @@ class Trainer:
 
             self.ema = EMAModel(self.params, decay=cfg.ema_decay)
             self.ema.to(self.device)
+        if self.deepspeed:
+            configure_deepspeed(acc, cfg)
         self.model, self.optimizer, self.scheduler = acc.prepare(self.module, optimizer, scheduler)
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
-        self.state = TrainerState()
+        self.state = TrainerState(**self.layout())
         self.result = TrainResult()
         self.validator = None
         if cfg.validation_steps > 0 and acc.is_main_process:
@@ -203,47 +231,78 @@ class Trainer:
         if self.ema is not None:
             load_ema(self.ema, Path(input_dir) / EMA_FILE)
 
+    def layout(self) -> dict[str, int]:
+        """Processes, per-process batch, accumulation and dataset size: what decides each step's samples."""
+        return {
+            "world_size": self.accelerator.num_processes,
+            "train_batch_size": self.cfg.train_batch_size,
+            "gradient_accumulation_steps": self.cfg.gradient_accumulation_steps,
+            "num_samples": len(self.dataset),
+        }
+
     def resume(self) -> None:
-        """Load the requested checkpoint, if any, and its data position."""
-        path = resolve_resume(self.out / "checkpoints", self.cfg.resume_from_checkpoint)
+        """Load the requested checkpoint, if any, and its data position; refuse a layout that cannot continue.
+
+        Without resume_from_checkpoint, an output_dir that already holds checkpoints is refused (it would
+        mix two runs).
+        """
+        root = self.out / "checkpoints"
+        path = resolve_resume(root, self.cfg.resume_from_checkpoint)
         if path is None:
-            if self.cfg.resume_from_checkpoint and self.accelerator.is_main_process:
-                print(
-                    f"no checkpoint in {self.out / 'checkpoints'} yet: starting from scratch", file=sys.stderr
+            existing = list_checkpoints(root)
+            if existing:
+                raise CheckpointError(
+                    f"{self.out} already holds checkpoints (latest {existing[-1].name}): continue that run "
+                    "with --resume latest, or choose a new output_dir"
                 )
+            if self.accelerator.is_main_process:
+                (self.out / FINISHED_FILE).unlink(missing_ok=True)
+                if self.cfg.resume_from_checkpoint:
+                    print(f"no checkpoint in {root} yet: starting from scratch", file=sys.stderr)
             return
-        self.accelerator.load_state(str(path))
-        self.state = read_trainer_state(path)
+        saved = read_trainer_state(path)
+        note = check_resume_layout(saved, TrainerState(**self.layout()), path)
+        self.accelerator.load_state(str(path), **self._checkpoint_kwargs(loading=True))
+        self.state = dataclasses.replace(saved, **self.layout())
         if self.accelerator.is_main_process:
             print(f"resumed from {path} at step {self.state.global_step}", file=sys.stderr)
+            if note:
+                print(note, file=sys.stderr)
 
-    def target_latents(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+    def _checkpoint_kwargs(self, loading: bool) -> dict[str, Any]:
+        """DeepSpeed: store only the trained branch and its optimizer state, not the frozen UNet."""
+        if not self.deepspeed:
+            return {}
+        return {"load_module_strict": False} if loading else {"exclude_frozen_parameters": True}
+
+    def target_latents(self, batch: dict[str, Any], generators: list[torch.Generator]) -> torch.Tensor:
         """Scaled VAE latents of the 512x512 targets: sampled from cached (mean, std) or encoded now."""
         vae = self.base.vae
         if "latent_mean" in batch:
             mean = batch["latent_mean"].float()
-            sample = mean + batch["latent_std"].float() * torch.randn(mean.shape, generator=generator)
-            latents = sample.to(self.device)
+            noise = per_sample(generators, lambda g: torch.randn(mean.shape[1:], generator=g))
+            latents = (mean + batch["latent_std"].float() * noise).to(self.device)
         else:
             pixels = pixels_to_unit_range(batch["pixels"].to(self.device)).to(self.vae_dtype)
             with torch.no_grad():
                 dist = vae.encode(pixels).latent_dist
-            noise = torch.randn(dist.mean.shape, generator=generator).to(self.device, dist.mean.dtype)
-            latents = (dist.mean + dist.std * noise).float()
+            noise = per_sample(generators, lambda g: torch.randn(dist.mean.shape[1:], generator=g))
+            latents = (dist.mean + dist.std * noise.to(self.device, dist.mean.dtype)).float()
         return latents * vae.config.scaling_factor
 
-    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
-        """eps-MSE of one micro-batch; randomness is drawn from `generator` in a fixed order."""
+    def compute_loss(self, batch: dict[str, Any], generators: list[torch.Generator]) -> torch.Tensor:
+        """eps-MSE of one micro-batch; each sample's randomness comes from its generator in a fixed order."""
         cfg = self.cfg
-        count = len(batch["class_word"])
-        keep_text, keep_adapter = draw_feature_dropout(
-            count, generator, cfg.adapter_drop_rate, cfg.text_drop_rate, cfg.both_drop_rate
+        rates = (cfg.adapter_drop_rate, cfg.text_drop_rate, cfg.both_drop_rate)
+        keeps = [draw_feature_dropout(1, g, *rates) for g in generators]
+        keep_text = torch.cat([k[0] for k in keeps])
+        keep_adapter = torch.cat([k[1] for k in keeps])
+        latents = self.target_latents(batch, generators)
+        noise = per_sample(generators, lambda g: torch.randn(latents.shape[1:], generator=g)).to(self.device)
+        steps = self.base.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]).to(
+            self.device
         )
-        latents = self.target_latents(batch, generator)
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        timesteps = torch.randint(
-            0, self.base.noise_scheduler.config.num_train_timesteps, (count,), generator=generator
-        ).to(self.device)
         noisy = self.base.noise_scheduler.add_noise(latents, noise, timesteps)
         with torch.no_grad():
             faces = faces_uint8_to_input(batch["face"].to(self.device)).to(self.weight_dtype)
@@ -256,6 +315,12 @@ class Trainer:
         )
         return F.mse_loss(pred.float(), noise.float())
 
+    def generators(self) -> list[torch.Generator]:
+        """This process's per-sample generators for the next micro-batch."""
+        batch = self.cfg.train_batch_size
+        first = self.accelerator.process_index * batch
+        return sample_generators(self.cfg.seed, self.state.micro_step, first, batch)
+
     def checkpoint(self) -> None:
         """Atomic checkpoint of the current state."""
         self.result.checkpoint = save_checkpoint(
@@ -264,6 +329,7 @@ class Trainer:
             self.state,
             self.cfg.to_dict(),
             self.cfg.checkpoints_total_limit,
+            self._checkpoint_kwargs(loading=False),
         )
 
     def export(self) -> Path:
@@ -279,17 +345,48 @@ class Trainer:
                 self.ema.restore(self.params)
         return path
 
+    def finish(self) -> None:
+        """At max_train_steps: export once (main process) and record it, so a resubmission does nothing."""
+        acc = self.accelerator
+        finished = read_finished(self.out)
+        if finished is not None and finished["global_step"] == self.state.global_step:
+            if acc.is_main_process:
+                print(
+                    f"training already finished at step {self.state.global_step} "
+                    f"(export: {finished['export']}); nothing to do. Raise max_train_steps to train longer",
+                    file=sys.stderr,
+                )
+            return
+        if acc.is_main_process:
+            self.result.export = self.export()
+            write_finished(self.out, self.state.global_step, self.result.export)
+            print(
+                f"finished at step {self.state.global_step}: exported {self.result.export}", file=sys.stderr
+            )
+
+    def out_of_time(self) -> bool:
+        """Whether max_run_minutes is spent on any process (the same answer on every process)."""
+        limit = self.cfg.max_run_minutes
+        if not limit:
+            return False
+        spent = time.monotonic() - self.started > limit * 60
+        flag = torch.tensor([float(spent)], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item())
+
     def run(self) -> TrainResult:
-        """Train until max_train_steps (or stop_after_steps), checkpointing, validating and logging."""
+        """Train until max_train_steps or this invocation's budget, checkpointing, validating and logging."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.accelerator
         self.resume()
-        if acc.is_main_process and cfg.report_to:
+        start_step = self.state.global_step
+        stop_at = self.max_steps
+        if cfg.max_steps_per_run:
+            stop_at = min(stop_at, start_step + cfg.max_steps_per_run)
+        if acc.is_main_process and cfg.report_to and start_step < self.max_steps:
             acc.init_trackers(
                 "uniid", config={k: v for k, v in cfg.to_dict().items() if not isinstance(v, list)}
             )
-        stop_at = min(self.max_steps, cfg.stop_after_steps or self.max_steps)
         bar = tqdm(
             total=self.max_steps,
             initial=self.state.global_step,
@@ -300,19 +397,20 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
         window_start, window_images = time.perf_counter(), 0
-        saved_at = -1
+        saved_at = start_step
+        timed_out = False
         self.model.train()
-        while self.state.global_step < stop_at and self.state.epoch < self.num_epochs:
+        while self.state.global_step < stop_at and self.state.epoch < self.num_epochs and not timed_out:
             self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
             for batch in self.loader:
-                generator = step_generator(cfg.seed, self.state.micro_step, acc.process_index)
                 with acc.accumulate(self.model):
-                    loss = self.compute_loss(batch, generator)
+                    loss = self.compute_loss(batch, self.generators())
                     acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm:
+                    if acc.sync_gradients and cfg.max_grad_norm and not self.deepspeed:
                         acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     self.optimizer.step()
-                    self.scheduler.step()
+                    if acc.sync_gradients:
+                        self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 self.state.micro_step += 1
                 self.state.batch_in_epoch += 1
@@ -326,7 +424,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.step(self.params)
                 bar.update(1)
-                if step % cfg.logging_steps == 0 or step == stop_at:
+                timed_out = self.out_of_time()
+                if step % cfg.logging_steps == 0 or step == stop_at or timed_out:
                     mean_loss = acc.gather(loss_sum / loss_count).mean().item()
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
                     lr = self.scheduler.get_last_lr()[0]
@@ -343,7 +442,7 @@ class Trainer:
                     self.validator.run(step)
                 if cfg.validation_steps > 0:
                     acc.wait_for_everyone()
-                if step >= stop_at:
+                if step >= stop_at or timed_out:
                     break
             else:
                 self.state.epoch += 1
@@ -351,12 +450,40 @@ class Trainer:
         bar.close()
         if saved_at != self.state.global_step:
             self.checkpoint()
-        if self.state.global_step >= self.max_steps and acc.is_main_process:
-            self.result.export = self.export()
+        elif self.result.checkpoint is None:
+            self.result.checkpoint = resolve_resume(self.out / "checkpoints", "latest")
+        if self.state.global_step >= self.max_steps:
+            self.finish()
+        elif acc.is_main_process:
+            reason = "max_run_minutes" if timed_out else "max_steps_per_run"
+            print(
+                f"stopped at step {self.state.global_step} of {self.max_steps} ({reason}) with a checkpoint: "
+                "run the same command with --resume latest to continue",
+                file=sys.stderr,
+            )
         acc.wait_for_everyone()
         acc.end_training()
         self.result.global_step = self.state.global_step
         return self.result
+
+
+def configure_deepspeed(accelerator: Any, cfg: TrainConfig) -> None:
+    """Fill the DeepSpeed config from the training config (the loader is not prepared, so it cannot).
+
+    Per-process batch, accumulation and clipping come from the training config (0 = no clipping, the
+    official default); an accelerate config that sets a different accumulation is refused.
+    """
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    accumulation = config.get("gradient_accumulation_steps", "auto")
+    if accumulation not in ("auto", cfg.gradient_accumulation_steps):
+        raise UniIDError(
+            f"the DeepSpeed config sets gradient_accumulation_steps {accumulation}, the training config "
+            f"{cfg.gradient_accumulation_steps}: set it only in the training config (remove it from the "
+            "accelerate/DeepSpeed config)"
+        )
+    config["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps
+    config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+    config["gradient_clipping"] = float(cfg.max_grad_norm or 0.0)
 
 
 def train(cfg: TrainConfig, face_net: torch.nn.Module | None = None) -> TrainResult:
@@ -368,8 +495,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argument_parser("accelerate launch -m training.train", __doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML or JSON file of TrainConfig fields")
-    parser.add_argument("--resume", default=None, help="resume from 'latest' or a checkpoint folder")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields (repeatable: --set a=1 --set b=2, or --set a=1 b=2)",
+    )
     return parser.parse_args(argv)
 
 

@@ -154,9 +154,61 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def prepare_command(photo_dir: Path, out: Path, base: Path) -> list[str]:
     """The training.prepare arguments the tests use: MTCNN, small shards, cached latents, CPU."""
     return [
-        "--images", str(photo_dir), "--out", str(out), "--detector", "mtcnn", "--shard-size", "4",
-        "--latents", "--base", str(base), "--resolution", str(RESOLUTION), "--device", "cpu",
+        "--images",
+        str(photo_dir),
+        "--out",
+        str(out),
+        "--detector",
+        "mtcnn",
+        "--shard-size",
+        "4",
+        "--latents",
+        "--base",
+        str(base),
+        "--resolution",
+        str(RESOLUTION),
+        "--device",
+        "cpu",
     ]
+
+
+@pytest.fixture(scope="session")
+def standin_insightface_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An insightface root with tiny stand-in buffalo_l models (SCRFD fires on red; genderage says 'man')."""
+    if importlib.util.find_spec("insightface") is None or importlib.util.find_spec("onnx") is None:
+        pytest.skip("needs the insightface and onnx packages to run FaceAnalysis on stand-in models")
+    from tests.face.conftest import _fake_genderage, _fake_scrfd
+
+    root = tmp_path_factory.mktemp("insightface")
+    folder = root / "models" / "buffalo_l"
+    folder.mkdir(parents=True)
+    _fake_scrfd(folder / "det_10g.onnx")
+    _fake_genderage(folder / "genderage.onnx")
+    return root
+
+
+def write_noise_images(folder: Path, count: int, size: int = 96) -> list[Path]:
+    """`count` small random RGB PNGs (distinct, for the pre-aligned detector), sorted by name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(5)
+    paths = []
+    for i in range(count):
+        pixels = generator.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        paths.append(folder / f"img{i:03d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def samples_by_image(dataset_dir: Path) -> dict[str, tuple[str, bytes]]:
+    """image path -> (class word, aligned crop bytes) of every sample of a prepared dataset."""
+    from training.data import FaceDataset
+
+    dataset = FaceDataset(dataset_dir, use_cached_latents=False)
+    found = {}
+    for i, sample in enumerate(dataset.samples):
+        assert sample.image not in found, f"{sample.image} was stored twice"
+        found[sample.image] = (sample.class_word, dataset.face(i).numpy().tobytes())
+    return found
 
 
 @pytest.fixture(scope="session")

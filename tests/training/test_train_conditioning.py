@@ -18,7 +18,7 @@ from training.components import (
     time_ids,
 )
 from training.config import TrainConfig
-from training.train import Trainer, step_generator
+from training.train import Trainer, sample_generators
 from uniid_core.models.iresnet import FaceFeatures
 
 
@@ -53,7 +53,7 @@ def test_each_sample_gets_its_own_prompt(
         "class_word": ["man", "woman"],
         "original_size": torch.tensor([[100, 80], [64, 64]]),
     }
-    trainer.compute_loss(batch, step_generator(0, 0, 0))
+    trainer.compute_loss(batch, sample_generators(0, 0, 0, 2))
     hook.remove()
     context = seen[0]
     expected, _ = encode_prompts(

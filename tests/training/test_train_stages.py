@@ -83,7 +83,7 @@ def test_resume_continues_with_identical_losses(
     )
     interrupted = dict(checkpointing_steps=1, checkpoints_total_limit=2, **common)
     first = run(
-        train_config(tmp_path / "b", tiny_base, prepared[0], "adapter", stop_after_steps=2, **interrupted)
+        train_config(tmp_path / "b", tiny_base, prepared[0], "adapter", max_steps_per_run=2, **interrupted)
     )
     assert first.export is None and first.global_step == 2
     config = train_config(
