@@ -456,7 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     args = parse_args(argv)
     if args.latents:
-        require_paths(path_problem("--base", args.base, "folder", "model_index.json", "an SDXL folder"))
+        require_paths(
+            path_problem("--base", args.base, "folder", "vae/config.json", "an SDXL folder (its vae/)")
+        )
     out = Path(args.out)
     part, parts = args.part
     items = collect_inputs(args.images)[part::parts]
