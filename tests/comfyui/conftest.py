@@ -124,6 +124,7 @@ def build_sdxl(comfy, unet: dict, dtype: torch.dtype = torch.float32, seed: int 
     config.set_inference_dtype(dtype, None)
     model = config.get_model({})
     init_weights(model.diffusion_model, seed)
+    model.requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
     )
