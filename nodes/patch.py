@@ -230,9 +230,9 @@ class UniIDRun:
             self.clock.on_step(step)
 
     def choose(self, timestep: torch.Tensor) -> StepChoice:
-        """The step and scales of the evaluation about to run (host-side; adaptive solvers read sigma)."""
+        """The step and scales of the evaluation about to run (host-side; step-less samplers read sigma)."""
         schedule = self.state.schedule
-        if self.clock is not None:
+        if self.clock is not None and not self.clock.silent():
             local = self.clock.next_evaluation()
             before = schedule.before_merge(self.offset + local, self.sigmas[min(local, len(self.sigmas) - 1)])
         elif self.sigmas is not None:

@@ -5,7 +5,8 @@ i, and some then make further evaluations that still belong to step i (heun's at
 midpoints of dpm_2, dpmpp_2s_ancestral, dpmpp_sde, seeds, sa_solver's PECE correction). How many is
 known for every built-in sampler (``EXTRA_CALLS``); for a sampler from another pack, every evaluation
 after callback(i) counts toward step i+1. dpm_fast and dpm_adaptive have no fixed steps: their
-evaluations are placed by their own sigma (``BY_SIGMA``). Nothing here touches a device tensor.
+evaluations are placed by their own sigma (``BY_SIGMA``), as are those of a sampler that evaluates the
+model twice without reporting a step. Nothing here touches a device tensor.
 """
 
 from __future__ import annotations
@@ -106,15 +107,23 @@ class StepClock:
         self.step = 0
         self.head_done = False
         self.pending = 0
+        self.evaluations = 0
+        self.reported = False
+
+    def silent(self) -> bool:
+        """True when the sampler evaluated the model again without ever reporting a step."""
+        return self.evaluations > 0 and not self.reported
 
     def on_step(self, i: int) -> None:
         """The sampler reports step ``i``: its first evaluation is done, ``rule`` more may follow."""
         self.step = int(i)
         self.head_done = True
+        self.reported = True
         self.pending = self.rule(self.step, self.sigmas, self.options)
 
     def next_evaluation(self) -> int:
         """The run-local step index of the evaluation about to happen."""
+        self.evaluations += 1
         if self.head_done:
             if self.pending > 0:
                 self.pending -= 1

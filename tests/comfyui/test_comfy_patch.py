@@ -246,3 +246,34 @@ def test_mask_limits_the_adapter(pack, mini_sdxl, mini_uniid):
     out = one_evaluation(masked, positive, negative, sigma=3.0)
     assert torch.isfinite(out).all() and not torch.allclose(out, text_only)
     assert not torch.allclose(out, one_evaluation(full, positive, negative, sigma=3.0))
+
+
+def test_per_layer_path_reads_nothing_from_the_device(pack, mini_sdxl, mini_uniid, monkeypatch):
+    """No host-device sync in the 11 attn2 patches: while they run, reading a tensor's value fails."""
+    identity = random_identity(mini_uniid, 52)
+    half = torch.zeros(1, 64, 64)
+    half[:, :, :32] = 1.0
+    model, positive = _apply(pack, mini_sdxl, random_conditioning(53), mini_uniid, identity, mask=half)
+    inside = []
+    original = {}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+        original[name] = getattr(torch.Tensor, name)
+
+        def guard(*args, _name=name, **kwargs):
+            if inside:
+                raise AssertionError(f"Tensor.{_name} called in the per-layer path")
+            return original[_name](*args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guard)
+    call = pack.patch.UniIDAttn2Replace.__call__
+
+    def watched(self, *args, **kwargs):
+        inside.append(True)
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(pack.patch.UniIDAttn2Replace, "__call__", watched)
+    out = one_evaluation(model, positive, random_conditioning(54), sigma=3.0)
+    assert torch.isfinite(out).all()

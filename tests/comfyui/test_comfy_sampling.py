@@ -394,3 +394,37 @@ def test_edited_conditioning(cn, applied, conds):
     assert any(call.context.shape[0] == 2 and sorted(call.chunks) == [0, 1] for call in calls)
     for call in calls:
         expected(call, step_of[call.sigma], call.rows_of(0))
+
+
+def test_samplers_from_other_packs(cn, applied, conds, monkeypatch):
+    """A sampler ComfyUI does not know: its calls after a step report count toward the next step (a
+    wrapped heun's second call of the step before the merge gets the 'after' scales); one that never
+    reports a step is placed call by call by its sigma."""
+    import comfy.k_diffusion.sampling as k_sampling
+
+    model, positive, state, _ = applied
+    loop = LoopTracker().install(monkeypatch)
+    custom = cn.custom
+    sigmas = custom.BasicScheduler().get_sigmas(model, "normal", STEPS, 1.0)[0]
+
+    def wrapped_heun(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        return k_sampling.sample_heun(
+            model_k, x, sigmas, extra_args=extra_args, callback=callback, disable=disable
+        )
+
+    def silent_euler(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        return k_sampling.sample_euler(
+            model_k, x, sigmas, extra_args=extra_args, callback=None, disable=disable
+        )
+
+    for function in (wrapped_heun, silent_euler):
+        recorder = Recorder(model, [state], loop)
+        guider = custom.CFGGuider().get_guider(recorder.model, positive, conds[1], 4.0)[0]
+        sampler = cn.samplers.KSAMPLER(function)
+        custom.SamplerCustomAdvanced().sample(custom.Noise_RandomNoise(0), guider, sampler, sigmas, latent())
+        for index, call in enumerate(recorder.calls):
+            if function is silent_euler:
+                step = call.loop
+            else:
+                step = call.loop + (index % 2 == 1 and call.loop < STEPS - 1)
+            expected(call, step, call.rows_of(0))
