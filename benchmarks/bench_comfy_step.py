@@ -31,6 +31,7 @@ def _comfy(path: str, device: str):
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"
+    comfy.cli_args.args.use_pytorch_cross_attention = True  # SDPA, as ComfyUI uses on GPUs (no graph breaks)
     import comfy.utils
     import utils.extra_config  # noqa: F401  (ComfyUI's utils package before `nodes`)
 
@@ -103,6 +104,7 @@ def main() -> None:
     full = device == "cuda"
     size = args.size or (1024 if full else 256)
     nodes, pack = _comfy(args.comfyui, device)
+    import comfy.ldm.modules.attention as comfy_attention
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -181,7 +183,7 @@ def main() -> None:
         f"device {device} ({torch.cuda.get_device_name() if full else 'cpu'}), threads "
         f"{torch.get_num_threads()}, {dtype}, {size}x{size}, batch 2 (CFG), {len(layers)} attn2 layers, "
         f"{args.steps} euler steps x {args.rounds} interleaved rounds, rescale {args.rescale}, "
-        f"compile {args.compile}"
+        f"compile {args.compile}, attention {comfy_attention.optimized_attention.__name__}"
     )
     for name, median in medians.items():
         every = [round(t * 1000, 1) for t in times[name]]

@@ -49,10 +49,14 @@ UNLIMITED_SIGMA = 1e8  # ComfyUI's percent_to_sigma(0) is 999999999.9: no upper 
 
 
 class UniIDCall(NamedTuple):
-    """What the attn2 layers of one slot read for one model call (tensors only)."""
+    """What the attn2 layers of one slot read for one model call (tensors only).
 
-    k: tuple[torch.Tensor, ...]
-    v: tuple[torch.Tensor, ...]
+    ``k``/``v`` hold every layer's keys/values side by side, (B, M, sum of widths): each layer reads
+    its own column span, so a call hands the UNet two tensors instead of two per layer.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
     scale: torch.Tensor
     regions: tuple[torch.Tensor, ...] | None
 
@@ -137,8 +141,9 @@ class UniIDState:
         """ModelPatchers ComfyUI must load with the UNet (the ip projections)."""
         return [] if self.ip_patcher is None else [self.ip_patcher]
 
-    def kv_stack(self, device: torch.device, dtype: torch.dtype) -> tuple[tuple, tuple]:
-        """Per layer, the keys and values (S, M, C) of every token set, projected once per device/dtype.
+    def kv_stack(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (S, M, sum of widths) of every token set, all layers side by side in layer
+        order, projected once per device and dtype.
 
         The projection runs where ComfyUI put the ip weights (also under --lowvram); only the small
         K/V are kept, so the weights themselves stay under ComfyUI's memory management.
@@ -153,8 +158,8 @@ class UniIDState:
                     for k, v in zip(module.to_k_ip, module.to_v_ip, strict=True)
                 ]
             cached = (
-                tuple(k.to(device, dtype).contiguous() for k, _ in pairs),
-                tuple(v.to(device, dtype).contiguous() for _, v in pairs),
+                torch.cat([k for k, _ in pairs], -1).to(device, dtype).contiguous(),
+                torch.cat([v for _, v in pairs], -1).to(device, dtype).contiguous(),
             )
             self._kv[key] = cached
         return cached
@@ -179,11 +184,11 @@ class UniIDState:
         """Decide each entry's token set once per run, before any wrapper copies the entries."""
         for entries in conds.values():
             for cond in entries or ():
-                cond[self.key("tokens")] = self.token_set(cond)
+                cond[f"uniid_tokens_{self.tag}"] = self.token_set(cond)
 
     def prepare(self, cond: dict, text_scale: float) -> dict:
         """A copy of a cond entry with the row tag and, on marked entries, the scaled text rows."""
-        tokens = cond.get(self.key("tokens"))
+        tokens = cond.get(f"uniid_tokens_{self.tag}")
         if tokens is None:
             tokens = self.token_set(cond)
         out = dict(cond)
@@ -215,8 +220,9 @@ class UniIDRun:
         self.sigmas = sigmas
         self.offset = offset
         rule = step_rule(sampler)
-        self.by_sigma = rule == BY_SIGMA
-        self.clock = None if sigmas is None or self.by_sigma else StepClock(rule, sigmas, _options(sampler))
+        self.clock = (
+            None if sigmas is None or rule == BY_SIGMA else StepClock(rule, sigmas, _options(sampler))
+        )
         schedule = state.schedule
         self.choice = StepChoice(False, schedule.text_after)
         self.kv = state.kv_stack(device, dtype) if state.has_adapter else None
@@ -248,11 +254,7 @@ class UniIDRun:
         gathered = self._gathered.get(layout)
         if gathered is None:
             index = rows.to(self.device)
-            k_all, v_all = self.kv
-            gathered = (
-                tuple(k.index_select(0, index) for k in k_all),
-                tuple(v.index_select(0, index) for v in v_all),
-            )
+            gathered = tuple(kv.index_select(0, index) for kv in self.kv)
             self._gathered[layout] = gathered
         scale = self.scales[0 if self.choice.before else 1]
         if self.state.limited:
@@ -390,10 +392,13 @@ def _attention(q, k, v, extra_options: dict) -> torch.Tensor:
 class UniIDAttn2Replace:
     """attn2 replacement for one layer: text attention (or a previous patch) plus the rescaled UniID term."""
 
-    def __init__(self, state: UniIDState, layer: int, level: int, previous: object | None = None) -> None:
+    def __init__(
+        self, state: UniIDState, layer: int, span: tuple[int, int], level: int, previous=None
+    ) -> None:
         self.state = state
         self.slot = state.slot
         self.layer = layer
+        self.start, self.stop = span
         self.level = level
         self.rescale = state.rescale
         self.previous = previous
@@ -407,7 +412,9 @@ class UniIDAttn2Replace:
         if calls is None or len(calls) <= self.slot or calls[self.slot] is None:
             return text_out
         call = calls[self.slot]
-        ip_out = _attention(q, call.k[self.layer].to(q.dtype), call.v[self.layer].to(q.dtype), extra_options)
+        k_ip = call.k[:, :, self.start : self.stop].to(q.dtype)
+        v_ip = call.v[:, :, self.start : self.stop].to(q.dtype)
+        ip_out = _attention(q, k_ip, v_ip, extra_options)
         region = None if call.regions is None else call.regions[self.level]
         return combine_identity(text_out, ip_out, call.scale, self.rescale, self.layer, region)
 
@@ -455,8 +462,10 @@ def install(model_patcher, state: UniIDState, layers: list) -> None:
     if not state.has_adapter:
         return
     replaces = options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    start = 0
     for index, layer in enumerate(layers):
         block, number, inner = layer.key
         previous = replaces.get(layer.key, replaces.get((block, number)))
-        patch = UniIDAttn2Replace(state, index, layer.level, previous)
+        patch = UniIDAttn2Replace(state, index, (start, start + layer.width), layer.level, previous)
         model_patcher.set_model_attn2_replace(patch, block, number, inner)
+        start += layer.width

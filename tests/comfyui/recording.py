@@ -87,9 +87,9 @@ class Recorder:
                 call.token_sets.append([])
                 call.scales.append([])
                 continue
-            k_sets = state.kv_stack(data.k[0].device, data.k[0].dtype)[0][0]
+            k_sets = state.kv_stack(data.k.device, data.k.dtype)[0]
             call.token_sets.append(
-                [next(i for i, s in enumerate(k_sets) if torch.equal(s, row)) for row in data.k[0]]
+                [next(i for i, s in enumerate(k_sets) if torch.equal(s, row)) for row in data.k]
             )
             scale = data.scale.reshape(-1).float()
             call.scales.append((scale.expand(x.shape[0]) if scale.numel() == 1 else scale).tolist())
