@@ -349,8 +349,9 @@ def test_controlnet_sees_the_scaled_tokens(cn, comfy, applied, conds):
 
 
 def test_edited_conditioning(cn, applied, conds):
-    """Concat / Combine / Average / SetTimestepRange / SetArea on UniID's positive: marked rows keep the
-    identity and their step scale; rows from other conditioning get the zero-face set, unscaled."""
+    """Concat / Combine / Average / SetTimestepRange / SetArea / ZeroOut on UniID's positive: marked rows
+    keep the identity and their step scale; rows from other conditioning (an all-zero copy of the
+    positive used as the negative, the negative filling SetArea's area) get the zero-face set."""
     model, positive, state, tokens = applied
     other = random_conditioning(5)
     nodes = cn.nodes
@@ -389,6 +390,10 @@ def test_edited_conditioning(cn, applied, conds):
     for call in run(nodes.ConditioningCombine().combine(early, late)[0]):
         identity_rows = [r for r in call.rows_of(0) if not torch.equal(call.context[r], other[0][0][0])]
         expected(call, step_of[call.sigma], identity_rows)
+    recorder = Recorder(model, [state])
+    ksampler(cn, recorder.model, positive, nodes.ConditioningZeroOut().zero_out(positive)[0])
+    for step, call in enumerate(recorder.calls):
+        expected(call, step, call.rows_of(0))
     area = nodes.ConditioningSetArea().append(positive, 32, 64, 0, 0, 1.0)[0]
     calls = run(area)
     assert any(call.context.shape[0] == 2 and sorted(call.chunks) == [0, 1] for call in calls)
