@@ -433,3 +433,48 @@ def test_samplers_from_other_packs(cn, applied, conds, monkeypatch):
             else:
                 step = call.loop + (index % 2 == 1 and call.loop < STEPS - 1)
             expected(call, step, call.rows_of(0))
+
+
+def test_single_branch_weights(cn, pack, mini_sdxl, mini_uniid, conds, monkeypatch):
+    """Text-branch-only weights: no attn2 patches, the text rows still follow the step schedule.
+    Adapter-only weights: the prompt is only marked, its rows get the identity, nothing is scaled."""
+    from uniid_core.identity import Identity
+    from uniid_core.models.uniid import UniIDConfig, UniIDModel
+
+    full = mini_uniid.model.config
+    loop = LoopTracker().install(monkeypatch)
+    for kind in ("text", "adapter"):
+        config = UniIDConfig(
+            num_text_tokens=3 if kind == "text" else None,
+            num_adapter_tokens=4 if kind == "adapter" else None,
+            adapter_hidden_dim=64 if kind == "adapter" else None,
+            layer_widths=full.layer_widths if kind == "adapter" else {},
+            text_depth=1,
+            adapter_depth=1,
+        )
+        model = UniIDModel(config)
+        init_weights(model, 9)
+        model.refresh_fingerprint()
+        weights = pack.bundle.UniIDWeights(model=model.eval().requires_grad_(False), source=kind)
+        gen = torch.Generator().manual_seed(10)
+        tokens = torch.randn(1, 3, 2048, generator=gen)
+        identity = Identity(
+            text_tokens=tokens if kind == "text" else None,
+            text_tokens_rescaled=tokens if kind == "text" else None,
+            adapter_tokens=torch.randn(1, 4, 2048, generator=gen) if kind == "adapter" else None,
+            model_fingerprint=model.fingerprint,
+        )
+        patched, positive, state = apply(pack, mini_sdxl, conds[0], weights, identity)
+        replaces = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+        assert bool(replaces) == (kind == "adapter")
+        recorder = Recorder(patched, [state], loop)
+        ksampler(cn, recorder.model, positive, conds[1])
+        for call in recorder.calls:
+            if kind == "text":
+                assert call.token_sets == [[]]
+                check_text_rows(call, call.rows_of(0), tokens[0], call.loop)
+            else:
+                expected(call, call.loop, call.rows_of(0))
+                torch.testing.assert_close(
+                    call.context[call.rows_of(0)[0]], conds[0][0][0][0], rtol=0, atol=0
+                )
