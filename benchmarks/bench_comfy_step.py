@@ -1,12 +1,14 @@
 """Whole sampling step through ComfyUI: plain SDXL vs the same model patched by UniID Apply (a ratio).
 
-Both variants sample the same latent with the same sampler in interleaved rounds in one process; the
-printed ratio (median patched / median plain time per step) is what means something, absolute times
+All variants sample the same latent with the same sampler in interleaved rounds in one process; the
+printed ratios (median patched / median plain time per step) are what mean something, absolute times
 drift with machine load. CPU: SDXL layout with model_channels 64 at 256x256. GPU: full SDXL at 1024x1024
-in fp16 (random weights, real shapes).
+in fp16 (random weights, real shapes). ``--compile BACKEND`` adds both models compiled through ComfyUI's
+compile helper (what TorchCompileModel uses) and reports compiled UniID / compiled plain next to the
+eager ratio.
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_comfy_step.py
-    COMFYUI_PATH=... python benchmarks/bench_comfy_step.py --device cuda --size 1024 --rounds 7
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_comfy_step.py [--compile inductor]
+    COMFYUI_PATH=... python benchmarks/bench_comfy_step.py --device cuda --size 1024 --compile cudagraphs
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def _comfy(path: str, device: str):
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"
+    comfy.cli_args.args.use_pytorch_cross_attention = True  # SDPA, as ComfyUI uses on GPUs (no graph breaks)
     import comfy.utils
     import utils.extra_config  # noqa: F401  (ComfyUI's utils package before `nodes`)
 
@@ -101,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         "--size", type=int, default=0, help="image side in pixels (0: 256 on CPU, 1024 on GPU)"
     )
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per timed run")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per variant")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per variant")
     parser.add_argument("--rescale", default="normalized", help="UniID rescale mode (normalized or add)")
+    parser.add_argument(
+        "--compile", default="none", help="also time both models under torch.compile with this backend"
+    )
     args = parser.parse_args(argv)
     problem = _comfyui_problem(args.comfyui)
     if problem:
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     full = device == "cuda"
     size = args.size or (1024 if full else 256)
     nodes, pack = _comfy(args.comfyui, device)
+    import comfy.ldm.modules.attention as comfy_attention
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -159,35 +166,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
     variants = {"plain": (model, positive), "uniid": (patched, patched_positive)}
+    if args.compile != "none":
+        from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+        for name in ("plain", "uniid"):
+            compiled = variants[name][0].clone()
+            set_torch_compile_wrapper(compiled, backend=args.compile)
+            variants[f"{name}_compiled"] = (compiled, variants[name][1])
 
     def run(name: str) -> float:
         unet, cond = variants[name]
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        nodes.common_ksampler(unet, 0, args.steps, 5.0, "euler", "normal", cond, negative, latent)
+        with torch.inference_mode():
+            nodes.common_ksampler(unet, 0, args.steps, 5.0, "euler", "normal", cond, negative, latent)
         if device == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.steps
 
     for name in variants:
+        start = time.perf_counter()
         run(name)
+        print(f"warm-up {name}: {time.perf_counter() - start:.1f} s")
     times = {name: [] for name in variants}
     for round_index in range(args.rounds):
         order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
         for name in order:
             times[name].append(run(name))
-    plain, uniid_time = statistics.median(times["plain"]), statistics.median(times["uniid"])
+    medians = {name: statistics.median(values) for name, values in times.items()}
     print(
         f"device {device} ({torch.cuda.get_device_name() if full else 'cpu'}), threads "
         f"{torch.get_num_threads()}, {dtype}, {size}x{size}, batch 2 (CFG), {len(layers)} attn2 layers, "
-        f"{args.steps} euler steps x {args.rounds} interleaved rounds, rescale {args.rescale}"
+        f"{args.steps} euler steps x {args.rounds} interleaved rounds, rescale {args.rescale}, "
+        f"compile {args.compile}, attention {comfy_attention.optimized_attention.__name__}"
     )
-    for name, median in (("plain", plain), ("uniid", uniid_time)):
+    for name, median in medians.items():
+        every = [round(t * 1000, 1) for t in times[name]]
+        print(f"{name:15s} median {median * 1000:.1f} ms/step (all: {every})")
+    eager = medians["uniid"] / medians["plain"]
+    print(f"ratio eager uniid/plain: {eager:.3f}")
+    if args.compile != "none":
+        compiled = medians["uniid_compiled"] / medians["plain_compiled"]
+        print(f"ratio compiled uniid/plain: {compiled:.3f} ({compiled - eager:+.3f} vs eager)")
         print(
-            f"{name:6s} median {median * 1000:.1f} ms/step (all: {[round(t * 1000, 1) for t in times[name]]})"
+            f"compile speed-up: plain {medians['plain'] / medians['plain_compiled']:.2f}x, "
+            f"uniid {medians['uniid'] / medians['uniid_compiled']:.2f}x"
         )
-    print(f"ratio uniid/plain: {uniid_time / plain:.3f}")
     return 0
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from uniid_core.anchor import load_names
@@ -11,70 +9,22 @@ from uniid_core.attention import RESCALERS
 from uniid_core.errors import CheckpointError, UniIDError
 from uniid_core.identity import check_identity_matches
 from uniid_core.schedule import MergeSchedule
-from uniid_core.splice import CHUNK, splice_text_tokens
 
 from .anchor_clip import anchor_for_clip
 from .bundle import UniIDWeights
+from .conditioning import splice_conditioning
 from .family import check_sdxl, cross_attn_layers
 from .loaders import CATEGORY
-from .patch import UniIDPatchState, install
+from .patch import UniIDState, compute_dtype, install
 from .paths import names_choices, resolve_names
 
-LOG = logging.getLogger("UniID")
-PROMPT_TOKENS_KEY = "uniid_prompt_tokens"
+MERGE_AT = ["step", "percent"]
 
 
 def rescaler_choices() -> list[str]:
     """Registered adapter rescalers, the official "normalized" first."""
     names = sorted(RESCALERS)
     return (["normalized"] if "normalized" in names else []) + [n for n in names if n != "normalized"]
-
-
-def _ranges(
-    entry_start: float, entry_end: float, start: float, end: float
-) -> tuple[tuple | None, list[tuple]]:
-    """Split an entry's [start, end] percent range into the identity part and the untouched parts."""
-    lo, hi = max(entry_start, start), min(entry_end, end)
-    if lo >= hi:
-        return None, [(entry_start, entry_end)]
-    rest = [(entry_start, lo)] if entry_start < lo else []
-    rest += [(hi, entry_end)] if hi < entry_end else []
-    return (lo, hi), rest
-
-
-def splice_conditioning(positive: list, tokens: torch.Tensor, start: float, end: float) -> list:
-    """Insert the tokens into every entry's first 77-chunk, active in [start, end]; warn on lost words."""
-    out = []
-    for embeds, options in positive:
-        first_start, first_end = options.get("start_percent", 0.0), options.get("end_percent", 1.0)
-        active, rest = _ranges(first_start, first_end, start, end)
-        if active is not None:
-            _warn_dropped(embeds, options, tokens.shape[1])
-            spliced = splice_text_tokens(embeds, tokens.to(embeds.dtype))
-            extra = (
-                {}
-                if active == (first_start, first_end)
-                else {"start_percent": active[0], "end_percent": active[1]}
-            )
-            out.append([spliced, {**options, **extra}])
-        out += [[embeds, {**options, "start_percent": s, "end_percent": e}] for s, e in rest]
-    return out
-
-
-def _warn_dropped(embeds: torch.Tensor, options: dict, count: int) -> None:
-    """Warn when the splice drops real prompt tokens (long first chunk) instead of padding."""
-    used = options.get(PROMPT_TOKENS_KEY)
-    if used is not None:
-        lost = max(0, int(used) - (CHUNK - 1 - count))
-    else:
-        lost = count if embeds.shape[1] > CHUNK else 0
-    if lost:
-        LOG.warning(
-            "UniID: the first 77-token chunk of the prompt is (nearly) full, so inserting %d identity tokens "
-            "drops its last %d token(s); shorten the prompt's first part or put BREAK after ~70 tokens",
-            count,
-            lost,
-        )
 
 
 def _text_tokens(identity: object, clip: object | None, names_file: str = "official") -> torch.Tensor | None:
@@ -90,12 +40,6 @@ def _text_tokens(identity: object, clip: object | None, names_file: str = "offic
             "SDXL checkpoint's CLIP to UniID Apply's clip input"
         )
     return identity.text_tokens_for_prompt().detach().float().cpu()
-
-
-def _compute_dtype(model: object) -> torch.dtype:
-    """The dtype the UNet computes in (manual-cast dtype for fp8/low-precision weights)."""
-    cast = getattr(model.model, "manual_cast_dtype", None)
-    return cast if cast is not None else model.model_dtype()
 
 
 class UniIDApply:
@@ -125,8 +69,10 @@ class UniIDApply:
                         "default": 5,
                         "min": 0,
                         "max": 1000,
-                        "tooltip": "Sampling step from which the 'after' scales apply (0 = from "
-                        "the start); counted on the sampler's sigmas",
+                        "tooltip": "Sampling step from which the 'after' scales apply (0 = from the start). "
+                        "Every model call of a step uses that step's scales; a run that continues an "
+                        "earlier one (KSamplerAdvanced start_at_step, SplitSigmas) continues its count. "
+                        "img2img (denoise < 1) counts the steps it runs",
                     },
                 ),
                 "text_scale_before": (
@@ -194,6 +140,27 @@ class UniIDApply:
                         "models/uniid/names/ (one name per line)",
                     },
                 ),
+                "merge_at": (
+                    MERGE_AT,
+                    {
+                        "default": "step",
+                        "tooltip": "Where the 'after' scales start: at merge_step (official), or at the "
+                        "noise level merge_percent, which stays put for split runs whose first part used "
+                        "another model or does not reach the merge point, and for img2img",
+                    },
+                ),
+                "merge_percent": (
+                    "FLOAT",
+                    {
+                        "default": 0.17,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "With merge_at = percent: the noise level (ComfyUI percent, as in "
+                        "start_percent) from which the 'after' scales apply; 0.17 is about step 5 of 30 with "
+                        "the normal scheduler",
+                    },
+                ),
             },
         }
 
@@ -223,38 +190,55 @@ class UniIDApply:
         clip=None,
         mask=None,
         names_file: str = "official",
+        merge_at: str = "step",
+        merge_percent: float = 0.17,
     ) -> tuple:
         check_sdxl(model)
         check_identity_matches(identity, uniid.model)
+        if merge_at not in MERGE_AT:
+            raise UniIDError(f"merge_at must be one of {MERGE_AT}, got {merge_at!r}")
+        sampling = model.get_model_object("model_sampling")
+        merge_sigma = float(sampling.percent_to_sigma(merge_percent)) if merge_at == "percent" else None
         schedule = MergeSchedule(
-            merge_step, text_scale_before, text_scale_after, adapter_scale_before, adapter_scale_after
+            merge_step,
+            text_scale_before,
+            text_scale_after,
+            adapter_scale_before,
+            adapter_scale_after,
+            merge_sigma,
         )
         text_tokens = _text_tokens(identity, clip, names_file)
-        adapter_tokens = getattr(identity, "adapter_tokens", None)
-        layers, ip_patcher, negative = cross_attn_layers(model), None, None
-        if adapter_tokens is not None:
-            ip_patcher = uniid.ip_patcher(_compute_dtype(model))
+        layers = cross_attn_layers(model)
+        token_sets, ip_patcher = _token_sets(identity, uniid), None
+        if token_sets is not None:
+            ip_patcher = uniid.ip_patcher(compute_dtype(model.model))
             _check_layers(layers, ip_patcher.model.widths(), uniid.source)
-            negative = uniid.model.negative_adapter_tokens().detach().float().cpu()
-            adapter_tokens = adapter_tokens.detach().float().cpu()
-        sampling = model.get_model_object("model_sampling")
-        state = UniIDPatchState(
-            adapter_tokens=adapter_tokens,
-            negative_tokens=negative,
-            text_tokens=text_tokens,
+        state = UniIDState(
+            token_sets=token_sets,
             ip_patcher=ip_patcher,
             schedule=schedule,
             rescale=rescale,
             sigma_start=float(sampling.percent_to_sigma(start_percent)),
             sigma_end=float(sampling.percent_to_sigma(end_percent)),
+            levels=[layer.level for layer in layers],
             mask=mask,
         )
         patched = model.clone()
         install(patched, state, layers)
-        conditioning = positive
-        if text_tokens is not None:
-            conditioning = splice_conditioning(positive, text_tokens, start_percent, end_percent)
-        return (patched, conditioning)
+        return (patched, splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag))
+
+
+def _token_sets(identity: object, uniid: UniIDWeights) -> torch.Tensor | None:
+    """The adapter token sets a row can use, stacked (S, M, 2048): 0 = the identity, 1 = zero-face features.
+
+    Rows pick a set by index, so further sets (another identity per latent, a negative identity) only
+    add rows here. None when the identity has no adapter tokens.
+    """
+    adapter_tokens = getattr(identity, "adapter_tokens", None)
+    if adapter_tokens is None:
+        return None
+    negative = uniid.model.negative_adapter_tokens().detach().float().cpu()
+    return torch.cat([adapter_tokens[:1].detach().float().cpu(), negative[:1]], 0)
 
 
 def _check_layers(layers: list, widths: list[int], source: str) -> None:

@@ -13,13 +13,6 @@ from .bundle import UniIDWeights
 from .loaders import CATEGORY, FaceDetectorSpec, FaceNet
 
 
-def _on_device(module: torch.nn.Module, device: torch.device) -> None:
-    """Move a module's weights (a no-op when they already are there)."""
-    first = next(module.parameters(), None)
-    if first is not None and first.device != device:
-        module.to(device)
-
-
 class UniIDEncodeFace:
     """Detect, align and encode the face(s) in an IMAGE batch into one UniID identity."""
 
@@ -100,22 +93,14 @@ class UniIDEncodeFace:
             list(pixels), face_detector.get(), select=select, on_no_face=on_no_face, class_word=class_word
         )
         bar.update(1)
-        device = comfy.model_management.get_torch_device()
-        model, net = uniid.model, face_net.net
-        needed = comfy.model_management.module_size(model) + comfy.model_management.module_size(net)
-        comfy.model_management.free_memory(needed, device)
-        _on_device(model, device)
-        _on_device(net, device)
-        try:
-            with torch.no_grad():
-                identity = encode_identity(
-                    model, net, prepared.tensor.to(device), class_word=prepared.class_word, combine=combine
-                )
-            identity = identity.to("cpu", torch.float32)
-        finally:
-            offload = comfy.model_management.unet_offload_device()
-            _on_device(model, offload)
-            _on_device(net, offload)
+        comfy.model_management.load_models_gpu(
+            [uniid.encoder_patcher(), face_net.patcher()], force_full_load=True
+        )
+        with torch.no_grad():
+            identity = encode_identity(
+                uniid.model, face_net.net, prepared.tensor, class_word=prepared.class_word, combine=combine
+            )
+        identity = identity.to("cpu", torch.float32)
         bar.update(1)
         preview = torch.from_numpy(prepared.preview()).float()
         bar.update(1)

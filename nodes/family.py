@@ -12,10 +12,14 @@ SDXL_ADM_CHANNELS = 2816
 
 @dataclass(frozen=True)
 class CrossAttnLayer:
-    """One attn2 layer: its ComfyUI replace key and its width (attn2 inner dim)."""
+    """One attn2 layer: its ComfyUI replace key, its width (attn2 inner dim) and resolution level.
+
+    ``level`` counts the 2x downsamplings between the latent and the layer's token grid.
+    """
 
     key: tuple[str, int, int]
     width: int
+    level: int = 0
 
 
 def _describe(base_model: object) -> str:
@@ -61,16 +65,26 @@ def _stack_depth(block: object) -> tuple[int, int]:
     return 0, 0
 
 
+def _has(block: object, kind: str) -> bool:
+    """True when a UNet block contains a module of class ``kind`` (Downsample / Upsample)."""
+    return any(type(module).__name__ == kind for module in block.modules())
+
+
 def cross_attn_layers(model: object) -> list[CrossAttnLayer]:
     """Every attn2 layer of the UNet in diffusers ``attn_processors`` order (down, up, then mid)."""
     diffusion = model.model.diffusion_model
     layers: list[CrossAttnLayer] = []
-    groups = [("input", diffusion.input_blocks), ("output", diffusion.output_blocks)]
-    for name, blocks in groups:
-        for number, block in enumerate(blocks):
-            depth, width = _stack_depth(block)
-            layers += [CrossAttnLayer((name, number, i), width) for i in range(depth)]
+    level = 0
+    for number, block in enumerate(diffusion.input_blocks):
+        depth, width = _stack_depth(block)
+        layers += [CrossAttnLayer(("input", number, i), width, level) for i in range(depth)]
+        level += _has(block, "Downsample")
+    middle_level = level
+    for number, block in enumerate(diffusion.output_blocks):
+        depth, width = _stack_depth(block)
+        layers += [CrossAttnLayer(("output", number, i), width, level) for i in range(depth)]
+        level -= _has(block, "Upsample")
     if getattr(diffusion, "middle_block", None) is not None:
         depth, width = _stack_depth(diffusion.middle_block)
-        layers += [CrossAttnLayer(("middle", 0, i), width) for i in range(depth)]
+        layers += [CrossAttnLayer(("middle", 0, i), width, middle_level) for i in range(depth)]
     return layers

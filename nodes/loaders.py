@@ -11,7 +11,7 @@ from uniid_core.checkpoint import load_face_net, load_uniid
 from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE
 
 from . import paths
-from .bundle import DTYPES, UniIDWeights
+from .bundle import DTYPES, UniIDWeights, managed
 
 CATEGORY = "UniID"
 DETECTOR_BACKENDS = ["insightface", "mtcnn", "pre-aligned"]
@@ -61,10 +61,17 @@ class UniIDLoader:
 
 @dataclass
 class FaceNet:
-    """The face-recognition net on the UNIID_FACE_NET socket."""
+    """The face-recognition net on the UNIID_FACE_NET socket (ComfyUI loads and offloads it)."""
 
     net: object
     source: str
+    _patcher: object = None
+
+    def patcher(self) -> object:
+        """The net's ModelPatcher, made once."""
+        if self._patcher is None:
+            self._patcher = managed(self.net)
+        return self._patcher
 
 
 class UniIDFaceNetLoader:

@@ -18,6 +18,7 @@ from uniid_core.official_schedule import (
 )
 
 from .loaders import CATEGORY
+from .patch import compute_dtype
 
 LOG = logging.getLogger("UniID")
 GENERATORS = ["cpu", "cuda"]
@@ -129,12 +130,6 @@ class OfficialNoise:
         return (noise.to("cpu", torch.float64) * self.factor).to(latent.dtype)
 
 
-def _compute_dtype(model: object) -> torch.dtype:
-    """The dtype the UNet computes in (the manual-cast dtype for fp8 or other stored precisions)."""
-    cast = getattr(model.model, "manual_cast_dtype", None)
-    return cast if cast is not None else model.model_dtype()
-
-
 class UniIDOfficialNoise:
     """NOISE of the official script: seeded noise whose first latent is sqrt(1 + sigma_0^2) times it."""
 
@@ -190,6 +185,6 @@ class UniIDOfficialNoise:
                     "UniID Official Noise: generator 'cuda' needs an NVIDIA GPU with CUDA torch, and none is "
                     "available; choose 'cpu' (the same noise ComfyUI draws, float32)"
                 )
-            dtype = _compute_dtype(model)
+            dtype = compute_dtype(model.model)
         sigma_max = float(model.get_model_object("model_sampling").sigma_max)
         return (OfficialNoise(noise_seed, generator, dtype, noise_prescale(sigmas.cpu(), sigma_max)),)

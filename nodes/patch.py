@@ -1,181 +1,380 @@
-"""The UniID attn2 replace patch and the apply-model wrapper that sets per-call scales.
+"""The UniID sampling patch: per-run preparation, per-step scales, per-row token sets, the attn2 layers.
 
-One ``UniIDPatchState`` per Apply holds the identity's tokens and settings; 70 ``UniIDAttn2Replace``
-objects (one per cross-attention layer) share it. The APPLY_MODEL wrapper runs once per model call:
-it picks the merge-schedule scales from the row sigmas (``sigma > sample_sigmas[merge_step]``), scales
-the spliced text-token rows of the context found by equality, and hands per-call tensors to the layers
-through ``transformer_options``. Nothing here forces a host-device sync.
+One ``UniIDState`` per UniID Apply; on the MODEL it installs four wrappers and one attn2 replace per
+cross-attention layer (all under the wrapper key "uniid"):
+
+- SAMPLER_SAMPLE, once per sampler run: copies the run's sigmas to the host (the only device read),
+  continues the step count of a run this one continues (split sampling), projects the identity's token
+  sets through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's marker, and
+  wraps the step callback that drives the host-side ``StepClock``.
+- PREDICT_NOISE, once per model evaluation: picks the evaluation's step and its scales.
+- CALC_COND_BATCH: multiplies this Apply's marked text rows by the step's text scale in the cond entries
+  themselves, so the UNet and everything that reads the conditioning (ControlNet) see the same tokens,
+  and tags every entry with the token set its rows use (0 = identity, 1 = zero-face features, the
+  official negative) as a model cond that ComfyUI batches along with the rows.
+- APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot].
+
+The attn2 patch only reads those tensors: no lock, cache or branch on values in the per-layer path, so
+torch.compile traces it once, and another identity or other scales reuse the compiled graph.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import threading
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import comfy.conds
 import comfy.ldm.modules.attention as comfy_attention
-import comfy.patcher_extension
+import comfy.patcher_extension as ext
 import torch
 import torch.nn.functional as F
 
-from uniid_core.attention import get_rescaler, project_ip
+from uniid_core.attention import combine_identity, project_ip
 from uniid_core.schedule import MergeSchedule
 
-NEGATIVE, POSITIVE = 1, 0
+from .conditioning import POSITIVE, mark_for, scale_rows
+from .steps import BY_SIGMA, StepClock, is_known, step_rule
+
+LOG = logging.getLogger("UniID")
+WRAPPER_KEY = "uniid"
+CALL_KEY = "uniid"
+TOKENS_IDENTITY, TOKENS_ZERO_FACE = 0, 1
+ROLE_TOKENS = {POSITIVE: TOKENS_IDENTITY}
+SEGMENT_MEMORY = 16
+UNLIMITED_SIGMA = 1e8  # ComfyUI's percent_to_sigma(0) is 999999999.9: no upper limit
 
 
-@dataclass
-class CallInfo:
-    """Per model call: which token set each row uses (and a hashable key of it), the adapter scale per row."""
+class UniIDCall(NamedTuple):
+    """What the attn2 layers of one slot read for one model call (tensors only).
 
-    rows: torch.Tensor
-    rows_key: tuple
-    adapter_scale: torch.Tensor
+    ``k``/``v`` hold every layer's keys/values side by side, (B, M, sum of widths): each layer reads
+    its own column span, so a call hands the UNet two tensors instead of two per layer.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: torch.Tensor
+    regions: tuple[torch.Tensor, ...] | None
 
 
-class UniIDPatchState:
-    """Shared, read-only-after-build state of one applied identity (tokens, weights, schedule, caches)."""
+@dataclass(frozen=True)
+class StepChoice:
+    """The scales of one model evaluation (decided on the host, once per evaluation)."""
+
+    before: bool
+    text_scale: float
+
+
+class SegmentLog:
+    """Where earlier runs of this identity stopped short of sigma 0: end sigma -> steps done so far."""
+
+    def __init__(self) -> None:
+        self._ends: list[tuple[float, int]] = []
+
+    def steps_before(self, start_sigma: float) -> int:
+        """Steps already run when a run starts at ``start_sigma`` (0 unless it continues a recorded one)."""
+        for end, steps in reversed(self._ends):
+            if math.isclose(end, start_sigma, rel_tol=1e-5):
+                return steps
+        return 0
+
+    def record(self, end_sigma: float, steps: int) -> None:
+        """Remember a run that ended at ``end_sigma`` > 0 after ``steps`` steps of its schedule."""
+        if end_sigma > 0:
+            kept = [(e, s) for e, s in self._ends if not math.isclose(e, end_sigma, rel_tol=1e-5)]
+            self._ends = (kept + [(end_sigma, steps)])[-SEGMENT_MEMORY:]
+
+
+def compute_dtype(base_model: object) -> torch.dtype:
+    """The dtype the UNet computes in (the manual-cast dtype for fp8/low-precision weights)."""
+    cast = getattr(base_model, "manual_cast_dtype", None)
+    return cast if cast is not None else base_model.get_dtype()
+
+
+class UniIDState:
+    """One applied identity: token sets, weights, schedule, mask, and what runs with it left behind."""
 
     def __init__(
         self,
         *,
-        adapter_tokens: torch.Tensor | None,
-        negative_tokens: torch.Tensor | None,
-        text_tokens: torch.Tensor | None,
+        token_sets: torch.Tensor | None,
         ip_patcher: object | None,
         schedule: MergeSchedule,
         rescale: str,
         sigma_start: float,
         sigma_end: float,
+        levels: list[int],
         mask: torch.Tensor | None = None,
     ) -> None:
-        self.key = f"uniid_{uuid.uuid4().hex[:12]}"
-        self.tokens = None
-        if adapter_tokens is not None:
-            self.tokens = torch.cat([adapter_tokens[:1], negative_tokens[:1].to(adapter_tokens)], 0).detach()
-        self.text_tokens = (
-            None if text_tokens is None else text_tokens.detach().reshape(-1, text_tokens.shape[-1])
-        )
+        self.tag = uuid.uuid4().hex
+        self.slot = 0
+        self.token_sets = None if token_sets is None else token_sets.detach().float().cpu()
         self.ip_patcher = ip_patcher
         self.schedule = schedule
         self.rescale = rescale
-        self.rescaler = get_rescaler(rescale)
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
+        self.limited = self.sigma_start < UNLIMITED_SIGMA or self.sigma_end > 0
+        self.levels = max(levels, default=0) + 1
         self.mask = None if mask is None else mask.detach().float().cpu().reshape(-1, *mask.shape[-2:])
-        self._cache: dict[tuple, torch.Tensor] = {}
-        self._lock = threading.Lock()
+        self.segments = SegmentLog()
+        self._kv: dict[tuple, tuple] = {}
+        self._index = [torch.tensor([i]) for i in (TOKENS_IDENTITY, TOKENS_ZERO_FACE)]
 
-    def __deepcopy__(self, memo: dict) -> UniIDPatchState:
+    def __deepcopy__(self, memo: dict) -> UniIDState:
         return self
 
-    def _cached(self, key: tuple, make) -> torch.Tensor:
-        value = self._cache.get(key)
-        if value is None:
-            value = make()
-            with self._lock:
-                self._cache[key] = value
-        return value
+    @property
+    def has_adapter(self) -> bool:
+        """True when the identity has adapter tokens (and the model carries the attn2 patches)."""
+        return self.token_sets is not None
+
+    def key(self, name: str) -> str:
+        """A per-slot key for host-side values that never reach the UNet."""
+        return f"uniid_{name}_{self.slot}"
 
     def models(self) -> list:
         """ModelPatchers ComfyUI must load with the UNet (the ip projections)."""
         return [] if self.ip_patcher is None else [self.ip_patcher]
 
-    def kv(self, layer: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k_ip, v_ip) of shape (2, M, C) for [positive, negative] tokens of ``layer``, projected once.
+    def kv_stack(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (S, M, sum of widths) of every token set, all layers side by side in layer
+        order, projected once per device and dtype.
 
-        The projection runs where ComfyUI put the ip weights; only the small K/V are kept, so the
-        weights themselves stay under ComfyUI's memory management (no cached copies of them).
+        The projection runs where ComfyUI put the ip weights (also under --lowvram); only the small
+        K/V are kept, so the weights themselves stay under ComfyUI's memory management.
         """
-
-        def make() -> tuple[torch.Tensor, torch.Tensor]:
+        key = (str(device), dtype)
+        cached = self._kv.get(key)
+        if cached is None:
             module = self.ip_patcher.model
             with torch.no_grad():
-                k, v = project_ip(self.tokens, module.to_k_ip[layer], module.to_v_ip[layer])
-            return k.to(device, dtype).contiguous(), v.to(device, dtype).contiguous()
-
-        return self._cached(("kv_all", layer, device, dtype), make)
-
-    def kv_rows(self, layer: int, info: CallInfo, device: torch.device, dtype: torch.dtype) -> tuple:
-        """(k_ip, v_ip) already gathered for this call's rows, (B, M, C) each; cached per row layout."""
-
-        def make() -> tuple[torch.Tensor, torch.Tensor]:
-            k_all, v_all = self.kv(layer, device, dtype)
-            return k_all.index_select(0, info.rows), v_all.index_select(0, info.rows)
-
-        return self._cached(("kv", layer, info.rows_key, device, dtype), make)
-
-    def rows_for(self, cond_or_uncond: list[int], batch: int, device: torch.device) -> torch.Tensor:
-        """Token-set index per batch row: 0 (identity) for cond chunks, 1 (negative) for uncond chunks."""
-        kinds = tuple(cond_or_uncond) or (POSITIVE,)
-
-        def make() -> torch.Tensor:
-            per = max(1, batch // len(kinds))
-            rows = [1 if kind == NEGATIVE else 0 for kind in kinds for _ in range(per)]
-            rows = (rows + rows[-1:] * batch)[:batch]
-            return torch.tensor(rows, dtype=torch.long).to(device)
-
-        return self._cached(("rows", kinds, batch, device), make)
-
-    def _scale(self, at_sigma, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None, after: float):
-        """Per-row float32 scale from the core schedule; without sample_sigmas (a caller outside
-        ComfyUI's samplers) the "after" scale applies."""
-        if sample_sigmas is None:
-            return torch.full_like(sigma, after, dtype=torch.float32)
-        return at_sigma(sigma, sample_sigmas)
-
-    def adapter_scale(self, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None) -> torch.Tensor:
-        """Adapter scale per row (B, 1, 1): merge schedule, zero outside [sigma_end, sigma_start]."""
-        sigma = sigma.reshape(-1)
-        schedule = self.schedule
-        scale = self._scale(schedule.adapter_scale_at_sigma, sigma, sample_sigmas, schedule.adapter_after)
-        active = (sigma <= self.sigma_start) & (sigma >= self.sigma_end)
-        return (scale * active).reshape(-1, 1, 1)
-
-    def scale_text_rows(
-        self, context: torch.Tensor, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Multiply the context rows equal to the spliced identity tokens by the text scale of their row."""
-        if self.text_tokens is None or context is None:
-            return context
-        sigma = sigma.reshape(-1)
-        scale = self._scale(self.schedule.text_scale_at_sigma, sigma, sample_sigmas, self.schedule.text_after)
-        tokens = self._cached(
-            ("text", context.device, context.dtype),
-            lambda: self.text_tokens.to(context.device, context.dtype),
-        )
-        hit = (context.unsqueeze(2) == tokens).all(-1).any(-1)
-        if scale.shape[0] != context.shape[0]:
-            scale = scale[:1].expand(context.shape[0])
-        factor = torch.where(
-            hit,
-            scale.to(context.dtype).unsqueeze(1),
-            torch.ones((), dtype=context.dtype, device=context.device),
-        )
-        return context * factor.unsqueeze(-1)
-
-    def region(
-        self, length: int, original_shape: list[int], batch: int, device, dtype
-    ) -> torch.Tensor | None:
-        """The mask resized to this layer's token grid, (B or 1, length, 1), or None."""
-        if self.mask is None:
-            return None
-        height, width = int(original_shape[-2]), int(original_shape[-1])
-        while height * width > length and height > 1:
-            height, width = math.ceil(height / 2), math.ceil(width / 2)
-
-        def make() -> torch.Tensor:
-            grid = F.interpolate(
-                self.mask.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False
+                pairs = [
+                    project_ip(self.token_sets, k, v)
+                    for k, v in zip(module.to_k_ip, module.to_v_ip, strict=True)
+                ]
+            cached = (
+                torch.cat([k for k, _ in pairs], -1).to(device, dtype).contiguous(),
+                torch.cat([v for _, v in pairs], -1).to(device, dtype).contiguous(),
             )
-            return grid.reshape(grid.shape[0], -1, 1).to(device, dtype)
+            self._kv[key] = cached
+        return cached
 
-        grid = self._cached(("mask", height, width, device, dtype), make)
-        if grid.shape[0] not in (1, batch):
-            grid = grid.repeat(math.ceil(batch / grid.shape[0]), 1, 1)[:batch]
-        return grid
+    def token_set(self, cond: dict) -> int:
+        """Token set of a sampler cond entry: the identity for this Apply's genuine positive entries.
+
+        An entry counts when it carries this Apply's positive mark, its conditioning is the one the mark
+        was made for (ComfyUI's area fill-ins copy another entry's options with other conditioning)
+        and it is not all zeros (ConditioningZeroOut of the positive). Everything else gets the
+        zero-face set, as the official negative.
+        """
+        mark = mark_for(cond, self.tag)
+        crossattn = cond.get("model_conds", {}).get("c_crossattn")
+        if mark is None or crossattn is None or crossattn.cond is not cond.get("cross_attn"):
+            return TOKENS_ZERO_FACE
+        if not bool(torch.count_nonzero(crossattn.cond)):
+            return TOKENS_ZERO_FACE
+        return ROLE_TOKENS.get(mark.role, TOKENS_ZERO_FACE)
+
+    def resolve(self, conds: dict) -> None:
+        """Decide each entry's token set once per run, before any wrapper copies the entries."""
+        for entries in conds.values():
+            for cond in entries or ():
+                cond[f"uniid_tokens_{self.tag}"] = self.token_set(cond)
+
+    def prepare(self, cond: dict, text_scale: float) -> dict:
+        """A copy of a cond entry with the row tag and, on marked entries, the scaled text rows."""
+        tokens = cond.get(f"uniid_tokens_{self.tag}")
+        if tokens is None:
+            tokens = self.token_set(cond)
+        out = dict(cond)
+        model_conds = dict(cond["model_conds"])
+        model_conds[self.key("rows")] = comfy.conds.CONDRegular(self._index[tokens])
+        mark = mark_for(cond, self.tag) if tokens == TOKENS_IDENTITY else None
+        if mark is not None and mark.count and text_scale != 1.0:
+            scaled = scale_rows(model_conds["c_crossattn"].cond, mark, text_scale)
+            model_conds["c_crossattn"] = model_conds["c_crossattn"]._copy_with(scaled)
+            out["cross_attn"] = scaled
+        out["model_conds"] = model_conds
+        return out
+
+
+class UniIDRun:
+    """One sampler run of one state: host sigmas, step clock, projected K/V and per-call caches."""
+
+    def __init__(
+        self,
+        state: UniIDState,
+        device: torch.device,
+        dtype: torch.dtype,
+        sigmas: list[float] | None = None,
+        offset: int = 0,
+        sampler: object | None = None,
+    ) -> None:
+        self.state = state
+        self.device = device
+        self.sigmas = sigmas
+        self.offset = offset
+        rule = step_rule(sampler)
+        self.clock = (
+            None if sigmas is None or rule == BY_SIGMA else StepClock(rule, sigmas, _options(sampler))
+        )
+        schedule = state.schedule
+        self.choice = StepChoice(False, schedule.text_after)
+        self.kv = state.kv_stack(device, dtype) if state.has_adapter else None
+        self.scales = torch.tensor([schedule.adapter_before, schedule.adapter_after], device=device)
+        self._gathered: dict[tuple, tuple] = {}
+        self._regions: dict[tuple, tuple] = {}
+
+    def on_step(self, step: int) -> None:
+        """The sampler's step callback."""
+        if self.clock is not None:
+            self.clock.on_step(step)
+
+    def choose(self, timestep: torch.Tensor) -> StepChoice:
+        """The step and scales of the evaluation about to run (host-side; step-less samplers read sigma)."""
+        schedule = self.state.schedule
+        if self.clock is not None and not self.clock.silent():
+            local = self.clock.next_evaluation()
+            before = schedule.before_merge(self.offset + local, self.sigmas[min(local, len(self.sigmas) - 1)])
+        elif self.sigmas is not None:
+            before = schedule.before_merge_at_sigma(float(timestep.reshape(-1)[0]), self.sigmas, self.offset)
+        else:
+            before = False
+        self.choice = StepChoice(before, schedule.text_scale(before))
+        return self.choice
+
+    def call(self, rows: torch.Tensor, sigma: torch.Tensor, shape: torch.Size) -> UniIDCall:
+        """The tensors for one model call with these row tags (rows arrive on the CPU: no device read)."""
+        layout = tuple(rows.tolist())
+        gathered = self._gathered.get(layout)
+        if gathered is None:
+            index = rows.to(self.device)
+            gathered = tuple(kv.index_select(0, index) for kv in self.kv)
+            self._gathered[layout] = gathered
+        scale = self.scales[0 if self.choice.before else 1]
+        if self.state.limited:
+            sigma = sigma.reshape(-1, 1, 1).to(self.device, torch.float32)
+            scale = scale * ((sigma <= self.state.sigma_start) & (sigma >= self.state.sigma_end))
+        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape))
+
+    def _regions_for(self, shape: torch.Size) -> tuple[torch.Tensor, ...] | None:
+        """The mask resized to every level's token grid, (b, Lq, 1) float32 on the device, per latent size."""
+        mask = self.state.mask
+        if mask is None:
+            return None
+        batch, height, width = int(shape[0]), int(shape[-2]), int(shape[-1])
+        cached = self._regions.get((batch, height, width))
+        if cached is None:
+            if mask.shape[0] not in (1, batch):
+                mask = mask.repeat(math.ceil(batch / mask.shape[0]), 1, 1)[:batch]
+            grids = []
+            for level in range(self.state.levels):
+                size = (math.ceil(height / 2**level), math.ceil(width / 2**level))
+                grid = F.interpolate(mask.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+                grids.append(grid.reshape(grid.shape[0], -1, 1).to(self.device))
+            cached = tuple(grids)
+            self._regions[(batch, height, width)] = cached
+        return cached
+
+
+def _options(sampler: object | None) -> dict:
+    return dict(getattr(sampler, "extra_options", None) or {})
+
+
+class _Wrapper:
+    """Base of the four wrappers: holds the state; ComfyUI's deep copies of model options share it."""
+
+    def __init__(self, state: UniIDState) -> None:
+        self.state = state
+
+    def __deepcopy__(self, memo: dict) -> _Wrapper:
+        return self
+
+
+class SamplerRunWrapper(_Wrapper):
+    """SAMPLER_SAMPLE: set up the run, drive the step clock from the step callback, record where it ended."""
+
+    def __call__(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        state = self.state
+        sampler = executor.class_obj
+        host = [float(s) for s in sigmas.tolist()]
+        offset = state.segments.steps_before(host[0]) if host else 0
+        run = UniIDRun(state, noise.device, compute_dtype(guider.inner_model), host, offset, sampler)
+        if not is_known(sampler):
+            LOG.info(
+                "UniID: %s is not one of ComfyUI's samplers; each model evaluation after its step callback "
+                "counts toward the next step",
+                type(sampler).__name__,
+            )
+        state.resolve(getattr(guider, "conds", {}) or {})
+        extra_args = {**extra_args, "model_options": {**extra_args["model_options"], state.key("run"): run}}
+
+        def on_step(step, denoised, x, total_steps):
+            run.on_step(step)
+            if callback is not None:
+                callback(step, denoised, x, total_steps)
+
+        samples = executor(guider, sigmas, extra_args, on_step, noise, *args, **kwargs)
+        if host:
+            state.segments.record(host[-1], offset + len(host) - 1)
+        return samples
+
+
+class PredictNoiseWrapper(_Wrapper):
+    """PREDICT_NOISE: one model evaluation of the sampler; choose its step's scales."""
+
+    def __call__(self, executor, x, timestep, model_options=None, seed=None):
+        run = (model_options or {}).get(self.state.key("run"))
+        if run is not None:
+            run.choose(timestep)
+        return executor(x, timestep, model_options, seed)
+
+
+class CondBatchWrapper(_Wrapper):
+    """CALC_COND_BATCH: scale this Apply's marked text rows and tag every entry with its token set."""
+
+    def __call__(self, executor, model, conds, x_in, timestep, model_options):
+        state = self.state
+        run = model_options.get(state.key("run"))
+        if run is None:
+            run = UniIDRun(state, x_in.device, compute_dtype(model))
+        text_scale = run.choice.text_scale
+        prepared = [
+            None if entries is None else [state.prepare(c, text_scale) for c in entries] for entries in conds
+        ]
+        options = {**model_options.get("transformer_options", {}), state.key("plan"): run}
+        return executor(model, prepared, x_in, timestep, {**model_options, "transformer_options": options})
+
+
+class ApplyModelWrapper(_Wrapper):
+    """APPLY_MODEL: per-call tensors for the attn2 layers from the batched row tags."""
+
+    def __call__(
+        self,
+        executor,
+        x,
+        t,
+        c_concat=None,
+        c_crossattn=None,
+        control=None,
+        transformer_options=None,
+        **kwargs,
+    ):
+        state = self.state
+        rows = kwargs.pop(state.key("rows"), None)
+        options = dict(transformer_options or {})
+        run = options.pop(state.key("plan"), None)
+        if rows is not None and run is not None and state.has_adapter:
+            calls = list(options.get(CALL_KEY, ()))
+            calls += [None] * (state.slot + 1 - len(calls))
+            calls[state.slot] = run.call(rows, t, x.shape)
+            options[CALL_KEY] = tuple(calls)
+        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
 
 def _attention(q, k, v, extra_options: dict) -> torch.Tensor:
@@ -193,9 +392,15 @@ def _attention(q, k, v, extra_options: dict) -> torch.Tensor:
 class UniIDAttn2Replace:
     """attn2 replacement for one layer: text attention (or a previous patch) plus the rescaled UniID term."""
 
-    def __init__(self, state: UniIDPatchState, layer: int, previous: object | None = None) -> None:
+    def __init__(
+        self, state: UniIDState, layer: int, span: tuple[int, int], level: int, previous=None
+    ) -> None:
         self.state = state
+        self.slot = state.slot
         self.layer = layer
+        self.start, self.stop = span
+        self.level = level
+        self.rescale = state.rescale
         self.previous = previous
 
     def __call__(self, q, k, v, extra_options: dict) -> torch.Tensor:
@@ -203,18 +408,15 @@ class UniIDAttn2Replace:
             text_out = self.previous(q, k, v, extra_options)
         else:
             text_out = _attention(q, k, v, extra_options)
-        info = extra_options.get(self.state.key)
-        if info is None or self.state.tokens is None:
+        calls = extra_options.get(CALL_KEY)
+        if calls is None or len(calls) <= self.slot or calls[self.slot] is None:
             return text_out
-        k_ip, v_ip = self.state.kv_rows(self.layer, info, q.device, q.dtype)
+        call = calls[self.slot]
+        k_ip = call.k[:, :, self.start : self.stop].to(q.dtype)
+        v_ip = call.v[:, :, self.start : self.stop].to(q.dtype)
         ip_out = _attention(q, k_ip, v_ip, extra_options)
-        combined = self.state.rescaler(text_out, ip_out, info.adapter_scale, self.layer)
-        region = self.state.region(
-            q.shape[1], extra_options.get("original_shape", [1, 1, 1, 1]), q.shape[0], q.device, q.dtype
-        )
-        if region is not None:
-            combined = torch.lerp(text_out, combined, region)
-        return combined.to(text_out.dtype)
+        region = None if call.regions is None else call.regions[self.level]
+        return combine_identity(text_out, ip_out, call.scale, self.rescale, self.layer, region)
 
     def __deepcopy__(self, memo: dict) -> UniIDAttn2Replace:
         twin = copy.copy(self)
@@ -222,7 +424,7 @@ class UniIDAttn2Replace:
         return twin
 
     def to(self, device_or_dtype) -> UniIDAttn2Replace:
-        """ComfyUI moves patches with the model; our tensors are cached per device, so only forward it."""
+        """ComfyUI moves patches with the model; ours hold no weights, so only forward it."""
         if self.previous is not None and hasattr(self.previous, "to"):
             moved = self.previous.to(device_or_dtype)
             if moved is not self.previous:
@@ -239,53 +441,31 @@ class UniIDAttn2Replace:
         return self.state.models() + list(extra)
 
 
-class UniIDApplyModelWrapper:
-    """APPLY_MODEL wrapper: per-call scales and row routing for the layers, text-token scaling in context."""
-
-    def __init__(self, state: UniIDPatchState) -> None:
-        self.state = state
-
-    def __deepcopy__(self, memo: dict) -> UniIDApplyModelWrapper:
-        return self
-
-    def __call__(
-        self,
-        executor,
-        x,
-        t,
-        c_concat=None,
-        c_crossattn=None,
-        control=None,
-        transformer_options=None,
-        **kwargs,
-    ):
-        options = dict(transformer_options or {})
-        sample_sigmas = options.get("sample_sigmas")
-        state = self.state
-        c_crossattn = state.scale_text_rows(c_crossattn, t, sample_sigmas)
-        if state.tokens is not None:
-            kinds = tuple(options.get("cond_or_uncond") or [POSITIVE])
-            rows = state.rows_for(list(kinds), x.shape[0], x.device)
-            options[state.key] = CallInfo(
-                rows, (kinds, x.shape[0]), state.adapter_scale(t, sample_sigmas).to(x.device)
-            )
-        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+WRAPPERS = (
+    (ext.WrappersMP.SAMPLER_SAMPLE, SamplerRunWrapper),
+    (ext.WrappersMP.PREDICT_NOISE, PredictNoiseWrapper),
+    (ext.WrappersMP.CALC_COND_BATCH, CondBatchWrapper),
+    (ext.WrappersMP.APPLY_MODEL, ApplyModelWrapper),
+)
 
 
-def install(model_patcher, state: UniIDPatchState, layers: list) -> None:
-    """Register the wrapper and one replace patch per layer on ``model_patcher`` (a clone), composing."""
+def install(model_patcher, state: UniIDState, layers: list) -> None:
+    """Register the wrappers and one replace patch per layer on ``model_patcher`` (a clone), composing.
+
+    The state's slot is the number of UniID Applies already on the model, so a stacked Apply finds its
+    own per-call tensors at transformer_options["uniid"][slot].
+    """
     options = model_patcher.model_options
-    comfy.patcher_extension.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.APPLY_MODEL,
-        state.key,
-        UniIDApplyModelWrapper(state),
-        options,
-        is_model_options=True,
-    )
-    if state.tokens is None:
+    state.slot = len(ext.get_wrappers_with_key(ext.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, options, True))
+    for wrapper_type, wrapper in WRAPPERS:
+        ext.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper(state), options, is_model_options=True)
+    if not state.has_adapter:
         return
     replaces = options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    start = 0
     for index, layer in enumerate(layers):
         block, number, inner = layer.key
         previous = replaces.get(layer.key, replaces.get((block, number)))
-        model_patcher.set_model_attn2_replace(UniIDAttn2Replace(state, index, previous), block, number, inner)
+        patch = UniIDAttn2Replace(state, index, (start, start + layer.width), layer.level, previous)
+        model_patcher.set_model_attn2_replace(patch, block, number, inner)
+        start += layer.width

@@ -5,7 +5,7 @@ from __future__ import annotations
 from uniid_core.face.class_word import substitute_class_word
 from uniid_core.splice import EOS_ID
 
-from .apply import PROMPT_TOKENS_KEY
+from .conditioning import PROMPT_TOKENS_KEY
 from .loaders import CATEGORY
 
 

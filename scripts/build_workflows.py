@@ -97,8 +97,10 @@ TWO_PEOPLE_NOTE = """TWO PEOPLE IN ONE PICTURE
 
 Each person: own photo -> own identity -> own UniID Apply with a mask (left / right half of the \
 1216x832 image). The adapter of each identity acts only inside its mask; its prompt (with its \
-identity tokens) is limited to the same mask by Conditioning (Set Mask). The scene prompt covers the \
-whole picture.
+identity tokens) is limited to the same mask by Conditioning (Set Mask). The scene prompt is \
+appended to each person's prompt (Conditioning Concat after UniID Apply), so every prompt row of the \
+picture carries its person's identity; a separate unmarked scene prompt would get UniID's zero-face \
+tokens, like the negative, and weaken both faces.
 
 Change the split by editing the masks (x of Mask person B = where the right half starts). Keep mask \
 size = image size."""
@@ -304,7 +306,7 @@ def two_people_masks(schema: dict) -> dict:
                   text="two friends standing side by side in a sunny park, photo")
     g.connect(c.ckpt, "CLIP", scene, "clip")
     model: tuple[Node, str] = (c.ckpt, "MODEL")
-    combined: tuple[Node, str] = (scene, "CONDITIONING")
+    combined: tuple[Node, str] | None = None
     for i, (encode, mask) in enumerate(zip(encodes, masks, strict=True)):
         side = ("on the left", "on the right")[i]
         prompt = c.prompt(f"a photo of a <class word> {side}", (760, 720 + 380 * i), encode)
@@ -313,9 +315,16 @@ def two_people_masks(schema: dict) -> dict:
         g.connect(mask, "MASK", region, "mask")
         apply = c.apply(model, (region, "CONDITIONING"), encode, (1160 + 400 * i, 0), mask_from=mask)
         model = (apply, "model")
-        merge = g.add("ConditioningCombine", (1960, 520 + 120 * i), node_width=240)
+        joined = g.add("ConditioningConcat", (1960, 520 + 120 * i), title=f"Person {'AB'[i]} + scene",
+                       node_width=240)
+        g.connect(apply, "positive", joined, "conditioning_to")
+        g.connect(scene, "CONDITIONING", joined, "conditioning_from")
+        if combined is None:
+            combined = (joined, "CONDITIONING")
+            continue
+        merge = g.add("ConditioningCombine", (1960, 760), node_width=240)
         g.connect(combined[0], combined[1], merge, "conditioning_1")
-        g.connect(apply, "positive", merge, "conditioning_2")
+        g.connect(joined, "CONDITIONING", merge, "conditioning_2")
         combined = (merge, "CONDITIONING")
     c.sample(model, combined, "uniid_two_people", x=2300)
     c.notes(TWO_PEOPLE_NOTE)

@@ -36,8 +36,8 @@ UNVERSIONED_NODE_KEYS = ("description", "output_tooltips", "category", "display_
 CORE_TYPES = frozenset({
     "CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "KSamplerAdvanced", "EmptyLatentImage",
     "VAEDecode", "SaveImage", "PreviewImage", "LoadImage", "ImageBatch", "SolidMask", "MaskComposite",
-    "FeatherMask", "MaskToImage", "ConditioningSetMask", "ConditioningCombine", "ImageScale",
-    "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect",
+    "FeatherMask", "MaskToImage", "ConditioningSetMask", "ConditioningCombine", "ConditioningConcat",
+    "ImageScale", "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect",
 })
 PLACEHOLDER_FILES = (
     "models/checkpoints/sd_xl_base_1.0.safetensors",

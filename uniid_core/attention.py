@@ -68,9 +68,11 @@ def _entry(name: str) -> _Entry:
 
 
 def _row_norms(x: Tensor) -> Tensor:
-    """Frobenius norm of each batch row over all remaining dims, in float32, shaped to broadcast."""
+    """Frobenius norm of each batch row over all other dims, in float32 (or wider), shaped to broadcast."""
     dims = tuple(range(1, x.ndim))
-    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+    return torch.linalg.vector_norm(
+        x, dim=dims, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)
+    )
 
 
 def normalized_rescale(
@@ -145,6 +147,32 @@ def _scale_tensor(adapter_scale: Scale, region_mask: Tensor | None, like: Tensor
     return mask * float(adapter_scale)
 
 
+def combine_identity(
+    text_out: Tensor,
+    ip_out: Tensor,
+    adapter_scale: Scale,
+    rescale: str = "normalized",
+    layer: Hashable | None = None,
+    region_mask: Tensor | None = None,
+    head_layout: bool = False,
+) -> Tensor:
+    """The one combine rule of every front end: text attention + rescaled identity attention, (B, Lq, C).
+
+    ``text_out``/``ip_out`` are (B, Lq, C), or (B, heads, Lq, C/heads) with ``head_layout`` (saves a
+    copy for rescalers registered with ``any_layout``). ``adapter_scale``: float or tensor broadcastable
+    to (B, 1, 1); ``region_mask`` (B|1, Lq, 1) multiplies it, so the adapter acts only inside the region
+    (mask 0 gives the text attention unchanged). The result has ``text_out``'s dtype, heads merged.
+    """
+    entry = _entry(rescale)
+    scale = _scale_tensor(adapter_scale, region_mask, text_out)
+    if not head_layout:
+        return entry.fn(text_out, ip_out, scale, layer).to(text_out.dtype)
+    if entry.any_layout:
+        head_scale = scale.unsqueeze(1) if isinstance(scale, Tensor) else scale
+        return _merge_heads(entry.fn(text_out, ip_out, head_scale, layer)).to(text_out.dtype)
+    return entry.fn(_merge_heads(text_out), _merge_heads(ip_out), scale, layer).to(text_out.dtype)
+
+
 def decoupled_attention(
     q: Tensor,
     k: Tensor,
@@ -161,19 +189,17 @@ def decoupled_attention(
     """Text attention plus the rescaled identity attention, (B, Lq, C), before ``to_out``.
 
     ``adapter_scale``: float or tensor broadcastable to (B, 1, 1); ``region_mask`` (B, Lq, 1) multiplies
-    the adapter term; ``mask`` is an optional attention mask for the text keys only.
+    the adapter term; ``mask`` is an optional attention mask for the text keys only. The two attentions
+    are combined by ``combine_identity``.
     """
-    entry = _entry(rescale)
     qh = _split_heads(q, heads)
     text_h = F.scaled_dot_product_attention(
         qh, _split_heads(k, heads), _split_heads(v, heads), attn_mask=mask
     )
     ip_h = F.scaled_dot_product_attention(qh, _split_heads(k_ip, heads), _split_heads(v_ip, heads))
-    scale = _scale_tensor(adapter_scale, region_mask, q)
-    if entry.any_layout:
-        head_scale = scale.unsqueeze(1) if isinstance(scale, Tensor) else scale
-        return _merge_heads(entry.fn(text_h, ip_h, head_scale, layer)).to(q.dtype)
-    return entry.fn(_merge_heads(text_h), _merge_heads(ip_h), scale, layer).to(q.dtype)
+    return combine_identity(text_h, ip_h, adapter_scale, rescale, layer, region_mask, head_layout=True).to(
+        q.dtype
+    )
 
 
 def region_mask_for_tokens(mask: Tensor, num_tokens: int) -> Tensor:

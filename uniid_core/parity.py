@@ -507,14 +507,15 @@ def _run_case(
     scheduler.set_timesteps(steps)
     c.check("scheduler timesteps", scheduler.timesteps.float(), "timesteps", EXACT)
     c.check_ulps("scheduler sigmas", scheduler.sigmas.float(), "sigmas")
-    sigmas = scheduler.sigmas
-    for label, at_step, at_sigma, ref in (
-        ("adapter", schedule.adapter_scale_at_step, schedule.adapter_scale_at_sigma, "step_adapter_scale"),
-        ("text", schedule.text_scale_at_step, schedule.text_scale_at_sigma, "step_text_branch_scale"),
+    sigmas = scheduler.sigmas.tolist()
+    for label, pick, ref in (
+        ("adapter", schedule.adapter_scale, "step_adapter_scale"),
+        ("text", schedule.text_scale, "step_text_branch_scale"),
     ):
-        by_step = torch.tensor([at_step(i) for i in range(steps)], dtype=torch.float32)
-        c.check(f"{label} scale per step (step index)", by_step, ref, EXACT)
-        c.check(f"{label} scale per step (sigma)", at_sigma(sigmas[:steps], sigmas), ref, EXACT)
+        by_step = [pick(schedule.before_merge_at_step(i)) for i in range(steps)]
+        c.check(f"{label} scale per step (step index)", torch.tensor(by_step), ref, EXACT)
+        by_sigma = [pick(schedule.before_merge_at_sigma(sigma, sigmas)) for sigma in sigmas[:steps]]
+        c.check(f"{label} scale per step (sigma)", torch.tensor(by_sigma), ref, EXACT)
     generator = torch.Generator("cpu").manual_seed(int(case["seed"]))
     shape = (batch, *_latent_shape(models, height, width))
     latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma

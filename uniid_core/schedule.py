@@ -1,54 +1,65 @@
-"""Merge schedule: identity scales before and after the merge step, by step index or by sigma.
+"""Merge schedule: identity scales before and after the merge point, decided once per sampling step.
 
 Official rule: step i < merge_step uses the "before" scales, later steps the "after" scales;
-merge_step <= 0 means "after" from the first step. By sigma (exact for samplers that call the model
-several times per step): "before" means sigma > sample_sigmas[merge_step]; a merge step at or past the
-last sigma keeps "before" for the whole run. Tensor inputs give tensor outputs with no host sync.
+merge_step <= 0 means "after" from the first step. The rule is per step: every model evaluation of
+step i uses step i's scales (a second-order sampler's extra evaluations included). Optionally the merge
+point is a noise level (``merge_sigma``): step i is "before" while the sigma it starts from is above
+it, which stays exact when a run is split into segments. Samplers without a step structure (adaptive
+solvers) can only be placed by the sigma of each evaluation (``before_merge_at_sigma``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
 
 SIGMA_RTOL = 1e-5
 
 
 @dataclass(frozen=True)
 class MergeSchedule:
-    """Text-token and adapter scales before/after ``merge_step`` (official defaults)."""
+    """Text-token and adapter scales before/after the merge point (official defaults)."""
 
     merge_step: int = 5
     text_before: float = 0.5
     text_after: float = 1.8
     adapter_before: float = 0.8
     adapter_after: float = 1.2
+    merge_sigma: float | None = None
 
     def before_merge_at_step(self, i: int) -> bool:
-        """True while step ``i`` (0-based) comes before the merge step."""
+        """True while step ``i`` (0-based, counted over the whole schedule) comes before the merge step."""
         return self.merge_step > 0 and i < self.merge_step
 
-    def before_merge_at_sigma(self, sigma: float | Tensor, sample_sigmas: Tensor) -> bool | Tensor:
-        """True while sigma > sample_sigmas[merge_step] (relative tolerance 1e-5 for dtype rounding)."""
-        if self.merge_step <= 0:
-            return torch.zeros_like(sigma, dtype=torch.bool) if isinstance(sigma, Tensor) else False
-        if self.merge_step >= len(sample_sigmas) - 1:
-            return torch.ones_like(sigma, dtype=torch.bool) if isinstance(sigma, Tensor) else True
-        threshold = sample_sigmas[self.merge_step]
-        if isinstance(sigma, Tensor):
-            threshold = torch.as_tensor(threshold).to(device=sigma.device, dtype=torch.float32)
-            return sigma.to(torch.float32) > threshold * (1.0 + SIGMA_RTOL)
-        return float(sigma) > float(threshold) * (1.0 + SIGMA_RTOL)
+    def before_merge(self, step: int, step_sigma: float) -> bool:
+        """The per-step rule: by step index, or by the step's starting sigma when ``merge_sigma`` is set."""
+        if self.merge_sigma is None:
+            return self.before_merge_at_step(step)
+        return _above(step_sigma, self.merge_sigma)
 
-    def text_scale(self, before: bool | Tensor) -> float | Tensor:
-        """Scale of the spliced text tokens for a before/after flag (tensor flag -> float32 tensor)."""
-        return _pick(before, self.text_before, self.text_after)
+    def before_merge_at_sigma(self, sigma: float, sigmas: Sequence[float], offset: int = 0) -> bool:
+        """The rule for one evaluation at ``sigma`` when steps cannot be told apart.
 
-    def adapter_scale(self, before: bool | Tensor) -> float | Tensor:
-        """Adapter-attention scale for a before/after flag (tensor flag -> float32 tensor)."""
-        return _pick(before, self.adapter_before, self.adapter_after)
+        ``sigmas`` is the run's schedule and ``offset`` the number of steps run before it (split runs):
+        "before" while sigma > the sigma at the merge step (or above ``merge_sigma``), with a relative
+        tolerance of 1e-5 so that float rounding of the same sigma does not flip the decision.
+        """
+        if self.merge_sigma is not None:
+            return _above(sigma, self.merge_sigma)
+        local = self.merge_step - offset
+        if self.merge_step <= 0 or local <= 0:
+            return False
+        if local >= len(sigmas) - 1:
+            return True
+        return _above(sigma, sigmas[local])
+
+    def text_scale(self, before: bool) -> float:
+        """Scale of the spliced text tokens for a before/after flag."""
+        return self.text_before if before else self.text_after
+
+    def adapter_scale(self, before: bool) -> float:
+        """Adapter-attention scale for a before/after flag."""
+        return self.adapter_before if before else self.adapter_after
 
     def text_scale_at_step(self, i: int) -> float:
         """Text-token scale at step ``i``."""
@@ -58,31 +69,6 @@ class MergeSchedule:
         """Adapter scale at step ``i``."""
         return self.adapter_scale(self.before_merge_at_step(i))
 
-    def text_scale_at_sigma(self, sigma: Tensor, sample_sigmas: Tensor) -> Tensor:
-        """Text-token scale(s) for sigma(s) as a float32 tensor shaped like ``sigma``; no host sync."""
-        return _pick(
-            _as_flag(self.before_merge_at_sigma(sigma, sample_sigmas), sigma),
-            self.text_before,
-            self.text_after,
-        )
 
-    def adapter_scale_at_sigma(self, sigma: Tensor, sample_sigmas: Tensor) -> Tensor:
-        """Adapter scale(s) for sigma(s) as a float32 tensor shaped like ``sigma``; no host sync."""
-        return _pick(
-            _as_flag(self.before_merge_at_sigma(sigma, sample_sigmas), sigma),
-            self.adapter_before,
-            self.adapter_after,
-        )
-
-
-def _as_flag(flag: bool | Tensor, like: float | Tensor) -> Tensor:
-    if isinstance(flag, Tensor):
-        return flag
-    device = like.device if isinstance(like, Tensor) else None
-    return torch.tensor(flag, device=device)
-
-
-def _pick(before: bool | Tensor, when_before: float, when_after: float) -> float | Tensor:
-    if isinstance(before, Tensor):
-        return torch.where(before, when_before, when_after).to(torch.float32)
-    return when_before if before else when_after
+def _above(sigma: float, threshold: float) -> bool:
+    return float(sigma) > float(threshold) * (1.0 + SIGMA_RTOL)

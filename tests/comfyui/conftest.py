@@ -1,6 +1,7 @@
 """ComfyUI fixtures: a real ComfyUI in-process (COMFYUI_PATH) with our pack loaded by its own loader.
 
-Also a small SDXL-layout UNet (all 70 attn2 layers), a 3-layer SDXL CLIP and small random UniID weights.
+Also a small SDXL-layout UNet (all 70 attn2 layers), a mini one (one transformer per attention block,
+11 attn2 layers, for the many sampling runs), a 3-layer SDXL CLIP and small random UniID weights.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ SDXL_SMALL_UNET = {
     "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
     "use_temporal_attention": False,
     "use_temporal_resblock": False,
+}
+SDXL_MINI_UNET = {
+    **SDXL_SMALL_UNET,
+    "transformer_depth": [0, 0, 1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
 }
 
 
@@ -110,17 +117,29 @@ def init_weights(module: torch.nn.Module, seed: int) -> None:
                 param.normal_(0.0, 0.02, generator=gen)
 
 
-@pytest.fixture(scope="session")
-def small_sdxl(comfy):
-    """ModelPatcher of an SDXL-layout UNet (all 70 attn2 layers) with model_channels 32 (widths 64/128)."""
-    config = comfy.supported_models.SDXL(dict(SDXL_SMALL_UNET))
-    config.unet_config["num_head_channels"] = SDXL_SMALL_UNET["num_head_channels"]
-    config.set_inference_dtype(torch.float32, None)
+def build_sdxl(comfy, unet: dict, dtype: torch.dtype = torch.float32, seed: int = 1):
+    """ModelPatcher (CPU) of an SDXL-family UNet with the given layout and deterministic random weights."""
+    config = comfy.supported_models.SDXL({**unet, "dtype": dtype})
+    config.unet_config["num_head_channels"] = unet["num_head_channels"]
+    config.set_inference_dtype(dtype, None)
     model = config.get_model({})
-    init_weights(model.diffusion_model, 1)
+    init_weights(model.diffusion_model, seed)
+    model.requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(
         model, load_device=torch.device("cpu"), offload_device=torch.device("cpu")
     )
+
+
+@pytest.fixture(scope="session")
+def small_sdxl(comfy):
+    """ModelPatcher of an SDXL-layout UNet (all 70 attn2 layers) with model_channels 32 (widths 64/128)."""
+    return build_sdxl(comfy, SDXL_SMALL_UNET)
+
+
+@pytest.fixture(scope="session")
+def mini_sdxl(comfy):
+    """ModelPatcher of the mini SDXL-layout UNet: every attention block with one transformer (11 attn2)."""
+    return build_sdxl(comfy, SDXL_MINI_UNET)
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +184,40 @@ def uniid_weights(pack, small_sdxl):
     """UniIDWeights (the UNIID socket value) sized for the small UNet."""
     widths = [layer.width for layer in pack.family.cross_attn_layers(small_sdxl)]
     return pack.bundle.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
+
+
+@pytest.fixture(scope="session")
+def mini_uniid(pack, mini_sdxl):
+    """UniIDWeights sized for the mini UNet."""
+    widths = [layer.width for layer in pack.family.cross_attn_layers(mini_sdxl)]
+    return pack.bundle.UniIDWeights(
+        model=small_uniid_model(widths, seed=6), source="mini", dtype_choice="auto"
+    )
+
+
+def random_identity(weights, seed: int):
+    """An identity with random (already anchor-rescaled) text tokens and random adapter tokens."""
+    from uniid_core.identity import Identity
+
+    gen = torch.Generator().manual_seed(seed)
+    return Identity(
+        text_tokens=torch.randn(1, 3, 2048, generator=gen),
+        text_tokens_rescaled=torch.randn(1, 3, 2048, generator=gen),
+        adapter_tokens=torch.randn(1, 4, 2048, generator=gen),
+        class_word="person",
+        model_fingerprint=weights.fingerprint,
+    )
+
+
+def random_conditioning(seed: int, batch: int = 1) -> list:
+    """A CONDITIONING with one random 77-token SDXL entry (and its pooled output)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        [
+            torch.randn(batch, 77, 2048, generator=gen),
+            {"pooled_output": torch.randn(batch, 1280, generator=gen)},
+        ]
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -144,8 +144,9 @@ def test_prompt_runs_through_comfy_executor(comfy, model_files):
     executor.execute(prompt, "uniid-test", {}, outputs)
     errors = [data for event, data in executor.status_messages if event == "execution_error"]
     assert executor.success, errors
-    managed = [m.model for m in comfy.mm.current_loaded_models]
-    assert any(type(m.model).__name__ == "IPProjections" for m in managed), "ip weights not loaded by ComfyUI"
+    managed = {type(m.model.model).__name__ for m in comfy.mm.current_loaded_models}
+    assert "IPProjections" in managed, "ip weights not loaded by ComfyUI"
+    assert {"EncoderModules", "FaceRecognitionNet"} <= managed, "face encoders not under model management"
     latents = list((comfy.base / "output").glob("uniid_test*.latent"))
     assert len(latents) == 1
     identity_file = model_files / "uniid" / "identities" / "test_face.safetensors"

@@ -64,8 +64,21 @@ def golden_uniid(pack, golden_dir):
     return pack.bundle.UniIDWeights(model=model, source="golden", dtype_choice="fp32")
 
 
+def _replay(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+    """A sampler that evaluates every step once (the golden UNet inputs are swapped in by a wrapper)."""
+    for i in range(len(sigmas) - 1):
+        model_k(x, sigmas[i] * x.new_ones([x.shape[0]]), **extra_args)
+        callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": x})
+    return x
+
+
 @pytest.mark.parametrize("case", [1, 2])
 def test_golden_noise_predictions(comfy, pack, golden_dir, golden_unet, golden_uniid, case):
+    """Through ComfyUI's CFGGuider and sampler machinery, every step's cond and uncond noise predictions
+    equal the official ones (the golden UNet inputs are fed in; scales come from the step tracking)."""
+    import comfy.patcher_extension as ext
+    import comfy.samplers
+
     from uniid_core.identity import Identity
 
     g = load_file(str(golden_dir / f"golden_case{case}.safetensors"))
@@ -83,6 +96,12 @@ def test_golden_noise_predictions(comfy, pack, golden_dir, golden_unet, golden_u
     positive = [
         [g["encode_prompt_prompt_embeds"], {"pooled_output": g["encode_prompt_pooled_prompt_embeds"]}]
     ]
+    negative = [
+        [
+            g["encode_prompt_negative_prompt_embeds"],
+            {"pooled_output": g["encode_prompt_negative_pooled_prompt_embeds"]},
+        ]
+    ]
     model, spliced = pack.apply.UniIDApply().apply(
         golden_unet,
         positive,
@@ -95,44 +114,31 @@ def test_golden_noise_predictions(comfy, pack, golden_dir, golden_unet, golden_u
         0.0,
         1.0,
     )
-    torch.testing.assert_close(
-        model.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)].state.tokens[
-            1:
-        ],
-        g["adapter_tokens_uncond"],
-        atol=5e-5,
-        rtol=1e-5,
-    )
-    context = torch.cat([g["encode_prompt_negative_prompt_embeds"], spliced[0][0]])
-    embedder = golden_unet.model.embedder
-    y = torch.cat(
-        [g["add_text_embeds"], torch.flatten(embedder(g["add_time_ids"].flatten()).reshape(2, -1), 1)], 1
-    )
+    state = model.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)].state
+    torch.testing.assert_close(state.token_sets[1:], g["adapter_tokens_uncond"], atol=5e-5, rtol=1e-5)
     captured = []
 
     def capture(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        out = executor(step_sample, timesteps, context, y, control, transformer_options, **kwargs)
-        captured.append((timesteps, out))
+        sample = g["step_unet_sample"][len(captured)]
+        out = executor(sample, timesteps, context, y, control, transformer_options, **kwargs)
+        captured.append((timesteps, list(transformer_options["cond_or_uncond"]), out))
         return out
 
-    import comfy.patcher_extension as ext
-
+    model = model.clone()
     ext.add_wrapper_with_key(
         ext.WrappersMP.DIFFUSION_MODEL, "golden_capture", capture, model.model_options, is_model_options=True
     )
-    sigmas = g["sigmas"]
-    for step in range(4):
-        step_sample = g["step_unet_sample"][step]
-        options = dict(model.model_options["transformer_options"])
-        options.update(cond_or_uncond=[1, 0], sample_sigmas=sigmas)
-        with torch.no_grad():
-            model.model.apply_model(
-                step_sample, sigmas[step].expand(2), c_crossattn=context, y=y, transformer_options=options
-            )
-        timesteps, eps = captured[-1]
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(spliced, negative)
+    guider.set_cfg(7.5)
+    start = torch.zeros(1, 4, 16, 16)
+    guider.sample(start, start, comfy.samplers.KSAMPLER(_replay), g["sigmas"], seed=0)
+    assert len(captured) == 4
+    for step, (timesteps, chunks, eps) in enumerate(captured):
         assert timesteps.tolist() == [g["step_unet_timestep"][step].item()] * 2
-        torch.testing.assert_close(eps[:1], g["step_noise_pred_uncond"][step], atol=5e-5, rtol=0)
-        torch.testing.assert_close(eps[1:], g["step_noise_pred_cond"][step], atol=5e-5, rtol=0)
+        rows = {chunk: eps[i : i + 1] for i, chunk in enumerate(chunks)}
+        torch.testing.assert_close(rows[1], g["step_noise_pred_uncond"][step], atol=5e-5, rtol=0)
+        torch.testing.assert_close(rows[0], g["step_noise_pred_cond"][step], atol=5e-5, rtol=0)
 
 
 def test_plain_unet_matches_golden_without_uniid(comfy, golden_dir, golden_unet):

@@ -1,0 +1,110 @@
+"""torch.compile through ComfyUI's compile helper (what TorchCompileModel uses) with a counting backend.
+
+A freshly applied identity compiles to the same single graph, with no graph breaks, as the plain
+model; another identity with other scales (a new UniID Apply) reuses it; stacked Applies, a mask and
+a start/end range still give one graph; compiled and eager outputs agree.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from tests.comfyui.conftest import random_conditioning, random_identity
+
+ARGS = dict(
+    merge_step=1,
+    text_scale_before=0.5,
+    text_scale_after=1.8,
+    adapter_scale_before=0.8,
+    adapter_scale_after=1.2,
+    rescale="normalized",
+    start_percent=0.0,
+    end_percent=1.0,
+)
+
+
+class CountingBackend:
+    """A dynamo backend that counts the graphs it is given and runs them as traced."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs += 1
+        return graph_module.forward
+
+
+@pytest.fixture()
+def dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+
+
+def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid, dynamo):
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    positive, negative = random_conditioning(1), random_conditioning(2)
+    backend = CountingBackend()
+
+    def compiled(model):
+        model = model.clone()
+        set_torch_compile_wrapper(model, backend=backend)
+        return model
+
+    def run(model, cond):
+        with torch.inference_mode():
+            latent = {"samples": torch.zeros(1, 4, 8, 8)}
+            return comfy.nodes.common_ksampler(model, 0, 2, 4.0, "euler", "normal", cond, negative, latent)[0]
+
+    def breaks() -> int:
+        return sum(dynamo["graph_break"].values())
+
+    run(compiled(mini_sdxl), positive)
+    assert (backend.graphs, breaks()) == (1, 0)
+
+    torch._dynamo.reset()
+    backend.graphs = 0
+    model, cond = pack.apply.UniIDApply().apply(
+        mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 1), **ARGS
+    )
+    out = run(compiled(model), cond)["samples"]
+    assert (backend.graphs, breaks()) == (1, 0), dict(dynamo["graph_break"])
+    torch.testing.assert_close(out, run(model, cond)["samples"], rtol=0, atol=0)
+
+    other = {**ARGS, "merge_step": 2, "adapter_scale_after": 1.0, "text_scale_after": 1.5}
+    model, cond = pack.apply.UniIDApply().apply(
+        mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 2), **other
+    )
+    run(compiled(model), cond)
+    assert (backend.graphs, breaks()) == (1, 0), "a new identity recompiled the UNet"
+
+    compiled_first = compiled(mini_sdxl)
+    model, cond = pack.apply.UniIDApply().apply(
+        compiled_first, positive, mini_uniid, random_identity(mini_uniid, 3), **ARGS
+    )
+    run(model, cond)
+    assert (backend.graphs, breaks()) == (1, 0), "Apply after TorchCompileModel recompiled"
+
+    torch._dynamo.reset()
+    backend.graphs = 0
+    half = torch.zeros(1, 64, 64)
+    half[:, :, :32] = 1.0
+    first, cond = pack.apply.UniIDApply().apply(
+        mini_sdxl,
+        positive,
+        mini_uniid,
+        random_identity(mini_uniid, 4),
+        **{**ARGS, "start_percent": 0.2},
+        mask=half,
+    )
+    model, cond = pack.apply.UniIDApply().apply(
+        first, cond, mini_uniid, random_identity(mini_uniid, 5), **ARGS
+    )
+    out = run(compiled(model), cond)["samples"]
+    assert (backend.graphs, breaks()) == (1, 0), dict(dynamo["graph_break"])
+    torch.testing.assert_close(out, run(model, cond)["samples"], rtol=0, atol=0)
