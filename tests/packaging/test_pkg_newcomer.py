@@ -57,7 +57,8 @@ def linked_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run_tests(repo_root: Path, venv: Path, *pytest_args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "UNIID_VENV": str(venv), "PIP_NO_INDEX": "1"}
-    env.pop("COMFYUI_PATH", None)
+    for inherited in ("COMFYUI_PATH", "UNIID_FRESH_VENV", "TORCH_SPEC"):  # set when CI itself runs this test
+        env.pop(inherited, None)
     return subprocess.run(["bash", str(repo_root / "scripts" / "run_tests.sh"), *pytest_args], cwd=repo_root,
                           env=env, capture_output=True, text=True, timeout=600)
 
