@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,11 @@ from .errors import FaceDetectionError, UniIDError
 from .face.detect import BACKENDS
 from .face.insightface_backend import DEFAULT_DET_SIZE
 from .similarity import SIMILARITY_DEFINITION, FaceCrop, ImageScore, Reference, find_face, score_faces
+
+if TYPE_CHECKING:
+    from .clip_score import ClipScorer
+    from .face.detect import FaceDetector
+    from .face.recognition import FaceEmbedder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CSV_NAME = "evaluation.csv"
@@ -87,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path, option: str = "--images") -> list[Path]:
     """The images directly inside a folder, by name (hidden files left out)."""
     files = [
         p
@@ -95,7 +100,7 @@ def image_files(folder: Path) -> list[Path]:
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     ]
     if not files:
-        raise UniIDError(f"--images {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise UniIDError(f"{option} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
@@ -103,7 +108,7 @@ def reference_files(paths: list[str]) -> list[Path]:
     """Reference photos: the files given, and the images inside any folder given."""
     files: list[Path] = []
     for path in map(Path, paths):
-        files.extend(image_files(path) if path.is_dir() else [path])
+        files.extend(image_files(path, "--ref") if path.is_dir() else [path])
     return files
 
 
@@ -212,12 +217,12 @@ def _cell(value: float | None) -> str:
 class Scorers:
     """What scores the images: detector, face selection, nets with their references, optional CLIP."""
 
-    detector: Any
+    detector: FaceDetector
     select: str | int
-    embedders: dict[str, Any]
+    embedders: dict[str, FaceEmbedder]
     references: dict[str, Reference]
     reference_paths: list[Path]
-    clip: Any = None
+    clip: ClipScorer | None = None
 
 
 @dataclass
@@ -247,7 +252,7 @@ def _prompts(args: argparse.Namespace, paths: list[Path]) -> tuple[dict[Path, st
     return prompts, unmatched
 
 
-def _load_scorers(args: argparse.Namespace) -> Scorers:
+def _load_scorers(args: argparse.Namespace, reference_paths: list[Path]) -> Scorers:
     """Build the detector, load the nets and CLIP, and embed the reference photos with every net."""
     from .face.detect import make_detector
     from .face.image import load_image
@@ -257,7 +262,7 @@ def _load_scorers(args: argparse.Namespace) -> Scorers:
     options = {"root": args.insightface_root, "name": args.insightface_model, "det_size": args.det_size}
     insightface = {**options, "provider": args.provider} if args.detector == "insightface" else {}
     detector = make_detector(args.detector, **insightface)
-    embedders: dict[str, Any] = {}
+    embedders: dict[str, FaceEmbedder] = {}
     if args.face_net:
         from .checkpoint import load_face_net
 
@@ -268,7 +273,6 @@ def _load_scorers(args: argparse.Namespace) -> Scorers:
         embedders["insightface"] = OnnxFaceEmbedder(
             args.insightface_recognition, args.provider, args.batch_size
         )
-    reference_paths = reference_files(args.ref)
     photos = [load_image(p) for p in reference_paths]
     references = {key: Reference.from_photos(photos, e, detector, select) for key, e in embedders.items()}
     clip = None
@@ -398,8 +402,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.batch_size < 1:
         raise UniIDError(f"--batch-size must be at least 1, got {args.batch_size}")
     paths = image_files(Path(args.images))
+    reference_paths = reference_files(args.ref)
     prompts, unmatched = _prompts(args, paths)
-    scorers = _load_scorers(args)
+    scorers = _load_scorers(args, reference_paths)
     results = _score_all(paths, prompts, scorers, args.batch_size)
     summary = _summary(args, paths, prompts, unmatched, scorers, results)
     out = Path(args.out) if args.out else Path(args.images)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FaceDetectionError, UniIDError
+from .errors import FaceDetectionError, NoFaceError, UniIDError
 from .face.align import align_face, stack_aligned
 from .face.detect import FaceDetector, make_detector
 from .face.image import to_rgb_uint8
@@ -47,19 +47,27 @@ def _detector(detector: FaceDetector | str) -> FaceDetector:
 def find_face(
     image: Any, detector: FaceDetector | str, select: str | int = "largest", index: int = 0
 ) -> FaceCrop:
-    """Detect, select and align one face of one image; a missing face or a bad image becomes a reason."""
+    """Detect, select and align one face of one image; a missing face or a bad image becomes a reason.
+
+    An unknown ``select`` mode raises FaceDetectionError; a face index beyond the faces found is a reason.
+    """
     detector = _detector(detector)
-    faces = []
     try:
         rgb = to_rgb_uint8(image)
         faces = detector.detect(rgb)
-        if not faces:
-            backend = getattr(detector, "name", type(detector).__name__)
-            return FaceCrop(index, None, reason=f"no face found (detector: {backend})")
+    except FaceDetectionError as exc:
+        return FaceCrop(index, None, reason=str(exc))
+    if not faces:
+        backend = getattr(detector, "name", type(detector).__name__)
+        return FaceCrop(index, None, reason=f"no face found (detector: {backend})")
+    try:
         _, face = select_face(faces, select)
+    except NoFaceError as exc:
+        return FaceCrop(index, None, len(faces), reason=str(exc))
+    try:
         crop = face.aligned if face.aligned is not None else align_face(rgb, face.landmarks)
     except FaceDetectionError as exc:
-        return FaceCrop(index, None, len(faces), reason=str(exc))
+        return FaceCrop(index, None, len(faces), reason=f"the face could not be aligned: {exc}")
     return FaceCrop(index, crop, len(faces), box=tuple(float(v) for v in face.box))
 
 

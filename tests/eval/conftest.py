@@ -34,11 +34,13 @@ def small_face_net() -> FaceRecognitionNet:
     return randomize(FaceRecognitionNet(blocks=(1, 1, 1, 1)), seed=3).eval().requires_grad_(False)
 
 
-def write_arcface_onnx(path: Path, seed: int = 0, normalizes_itself: bool = False) -> Path:
+def write_arcface_onnx(
+    path: Path, seed: int = 0, normalizes_itself: bool = False, batch: int | str = "N"
+) -> Path:
     """A tiny ArcFace-shaped ONNX model: (N,3,112,112) -> 8x8 average pool -> random linear map -> (N,64).
 
     With ``normalizes_itself`` the graph starts with Sub and Mul nodes (as the MXNet-era exports do), which
-    insightface reads as "feed raw 0..255 pixels".
+    insightface reads as "feed raw 0..255 pixels". ``batch`` an int fixes the batch size of the graph.
     """
     from onnx import TensorProto, helper, save_model
 
@@ -68,8 +70,8 @@ def write_arcface_onnx(path: Path, seed: int = 0, normalizes_itself: bool = Fals
     graph = helper.make_graph(
         nodes,
         "fake_arcface",
-        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 112, 112])],
-        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 64])],
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [batch, 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, [batch, 64])],
         inits,
     )
     save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))

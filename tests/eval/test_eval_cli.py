@@ -119,18 +119,35 @@ def test_writes_the_csv_and_summary_it_promises(
     assert "warning: 1 --prompts entries match no image, e.g. 'zz.png'" in captured.err
 
 
-def test_without_clip_the_folder_gets_the_files(
+def test_reference_folder_csv_prompts_and_default_out(
     tmp_path: Path, eileen, group_photo, arcface_pack: Path
 ) -> None:
     images = _generated_folder(tmp_path / "generated", eileen, group_photo)
-    argv = ["--images", str(images), "--ref", str(EILEEN), "--detector", "mtcnn"]
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(eileen).save(refs / "1.png")
+    Image.fromarray(np.full((96, 96, 3), 90, np.uint8)).save(refs / "2.png")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('image,prompt\nb_group,"six people, smiling"\n', encoding="utf-8")
+    argv = ["--images", str(images), "--ref", str(refs), "--detector", "mtcnn", "--prompts", str(prompts)]
     summary = evaluate([*argv, "--insightface-recognition", str(arcface_pack / "w600k_r50.onnx")])
     assert summary["clip_score"] is None and list(summary["identity_similarity"]) == [
         "definition",
         "insightface",
     ]
-    header = (images / "evaluation.csv").read_text().splitlines()[0].split(",")
-    assert header == [c for c in COLUMNS if c not in ("identity_similarity_face_net", "clip_score")]
+    assert summary["reference"]["faces_used"] == 1 and summary["reference"]["photos"][0] == str(
+        refs / "1.png"
+    )
+    assert len(summary["reference"]["skipped"]) == 1 and "no face found" in summary["reference"]["skipped"][0]
+    assert summary["prompts"]["images_with_prompt"] == 2  # the CSV's one and a_face.png's PNG metadata
+    with open(images / "evaluation.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == [
+            c for c in COLUMNS if c not in ("identity_similarity_face_net", "clip_score")
+        ]
+        rows = list(reader)
+    assert rows[1]["prompt"] == "six people, smiling" and rows[0]["prompt"] == "a photo of a woman astronaut"
+    assert float(rows[0]["identity_similarity_insightface"]) == pytest.approx(1.0, abs=1e-5)
     assert (images / "evaluation.json").is_file()
 
 
@@ -178,6 +195,10 @@ def test_bad_input_is_one_clear_line_before_any_model_loads(
         evaluate, ["--images", str(empty), "--ref", str(EILEEN), "--face-net", str(EILEEN)], capsys
     )
     assert f"--images {empty} holds no images" in line
+    line = _one_error_line(
+        evaluate, ["--images", str(images), "--ref", str(empty), "--face-net", str(EILEEN)], capsys
+    )
+    assert f"--ref {empty} holds no images" in line
     bad_prompts = tmp_path / "prompts.txt"
     bad_prompts.write_text("x.png: a prompt")
     line = _one_error_line(evaluate, [*ref, "--face-net", str(EILEEN), "--prompts", str(bad_prompts)], capsys)

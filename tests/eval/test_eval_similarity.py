@@ -74,6 +74,23 @@ def test_image_without_a_face_is_reported_and_does_not_stop_the_run(eileen, mtcn
     assert nothing.table().splitlines()[-1] == "0 of 2 image(s) with a face"
 
 
+def test_face_selection_and_progress_callback(eileen, group_photo, mtcnn, embedder) -> None:
+    reference = Reference.from_photos([eileen], embedder, mtcnn)
+    calls = []
+    report = score_images(
+        [eileen, group_photo], reference, embedder, mtcnn, select=3, on_image=lambda: calls.append(1)
+    )
+    assert len(calls) == 2
+    assert (
+        report.scores[0].score is None
+        and "face index 3 asked but only 1 face(s) found" in report.scores[0].reason
+    )
+    leftmost = score_images([group_photo], reference, embedder, mtcnn, select=0).scores[0]
+    assert report.scores[1].score is not None and report.scores[1].box[0] > leftmost.box[0]
+    with pytest.raises(FaceDetectionError, match="unknown face selection"):
+        score_images([eileen], reference, embedder, mtcnn, select="biggest")
+
+
 def test_reference_photos_are_averaged_and_faceless_ones_noted(eileen, group_photo, mtcnn, embedder) -> None:
     mirrored = np.ascontiguousarray(eileen[:, ::-1])
     reference = Reference.from_photos([eileen, FLAT, mirrored], embedder, mtcnn)
@@ -148,6 +165,11 @@ def test_onnx_embedding_is_insightface_arcface_embedding(
         theirs = ArcFaceONNX(model_file=str(model.path)).get_feat([c[..., ::-1] for c in aligned])
         theirs = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
         np.testing.assert_allclose(model.embed(aligned), theirs, atol=1e-5)
+    one_at_a_time = OnnxFaceEmbedder(write_arcface_onnx(tmp_path / "fixed.onnx", batch=1), batch_size=8)
+    assert one_at_a_time.batch_size == 1
+    np.testing.assert_allclose(
+        one_at_a_time.embed(aligned), OnnxFaceEmbedder(arcface_pack).embed(aligned), atol=1e-6
+    )
 
 
 def test_nets_of_different_kinds_are_never_compared(eileen, mtcnn, embedder, arcface_pack: Path) -> None:

@@ -148,7 +148,6 @@ class OnnxFaceEmbedder:
                 f"one embedding output): give {' or '.join(RECOGNITION_FILES)}"
             )
         self.input_name = inputs[0].name
-        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.batch_size = self.fixed_batch or max(1, int(batch_size))
         self.raw_pixels = _normalizes_itself(self.path)
@@ -163,7 +162,7 @@ class OnnxFaceEmbedder:
             blob = (blob - 127.5) / 127.5
         rows = []
         for start in range(0, len(blob), self.batch_size):
-            chunk = blob[start : start + self.batch_size].astype(self.input_dtype)
+            chunk = blob[start : start + self.batch_size]
             out = self.session.run(None, {self.input_name: chunk})[0]
             rows.append(np.asarray(out, dtype=np.float32).reshape(len(chunk), -1))
         return l2_normalize(np.concatenate(rows)) if rows else np.zeros((0, 0), np.float32)
