@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,10 @@ def test_writes_the_csv_and_summary_it_promises(
     assert "warning: 1 --prompts entries match no image, e.g. 'zz.png'" in captured.err
 
 
-def test_reference_folder_csv_prompts_and_default_out(
-    tmp_path: Path, eileen, group_photo, arcface_pack: Path
+def test_reference_folder_csv_prompts_and_default_out_without_tqdm(
+    tmp_path: Path, eileen, group_photo, arcface_pack: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # importing it now fails: the bar falls back silently
     images = _generated_folder(tmp_path / "generated", eileen, group_photo)
     refs = tmp_path / "refs"
     refs.mkdir()
