@@ -121,7 +121,7 @@ def test_writes_the_csv_and_summary_it_promises(
 
 
 def test_reference_folder_csv_prompts_and_default_out_without_tqdm(
-    tmp_path: Path, eileen, group_photo, arcface_pack: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, eileen, group_photo, arcface_pack: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # importing it now fails: the bar falls back silently
     images = _generated_folder(tmp_path / "generated", eileen, group_photo)
@@ -133,10 +133,9 @@ def test_reference_folder_csv_prompts_and_default_out_without_tqdm(
     prompts.write_text('image,prompt\nb_group,"six people, smiling"\n', encoding="utf-8")
     argv = ["--images", str(images), "--ref", str(refs), "--detector", "mtcnn", "--prompts", str(prompts)]
     summary = evaluate([*argv, "--insightface-recognition", str(arcface_pack / "w600k_r50.onnx")])
-    assert summary["clip_score"] is None and list(summary["identity_similarity"]) == [
-        "definition",
-        "insightface",
-    ]
+    assert "evaluate:" not in capsys.readouterr().err
+    assert summary["clip_score"] is None
+    assert list(summary["identity_similarity"]) == ["definition", "insightface"]
     assert summary["reference"]["faces_used"] == 1 and summary["reference"]["photos"][0] == str(
         refs / "1.png"
     )
