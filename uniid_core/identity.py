@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 IDENTITY_FORMAT = "uniid-identity"
 IDENTITY_VERSION = 1
 COMBINE_MODES = ("mean_features", "mean_tokens")
-_TENSOR_FIELDS = ("text_tokens", "text_tokens_rescaled", "adapter_tokens")
+_TENSOR_FIELDS = ("text_tokens", "text_tokens_rescaled", "adapter_tokens", "face_embedding")
 
 
 @dataclass(eq=False)  # tensor fields: compare identities field by field, not with ==
 class Identity:
-    """One person's UniID tokens: raw text (1, N, 2048), anchor-rescaled text, adapter (1, M, 2048)."""
+    """One person's UniID tokens: raw text (1, N, 2048), anchor-rescaled text, adapter (1, M, 2048).
+
+    ``face_embedding`` (1, 512): the references' unit face-net embeddings averaged and renormalised, for
+    similarity scoring (uniid_core.similarity); None in identities saved before it existed.
+    """
 
     text_tokens: Tensor | None = None
     text_tokens_rescaled: Tensor | None = None
@@ -36,6 +40,7 @@ class Identity:
     class_word: str = "person"
     model_fingerprint: str = ""
     num_references: int = 1
+    face_embedding: Tensor | None = None
 
     def with_anchor(self, anchor: TextAnchor) -> Identity:
         """Copy whose ``text_tokens_rescaled`` are the raw text tokens rescaled to ``anchor``'s norms."""
@@ -94,6 +99,7 @@ def encode_identity(
     model_param = next(model.parameters())
     with torch.no_grad():
         features = face_net(faces.to(device=net_param.device, dtype=net_param.dtype))
+        face_embedding = _unit_mean(features.embedding).to(model_param.device)
         features = features.to(device=model_param.device, dtype=model_param.dtype)
         if combine == "mean_features":
             text, adapter = model(features.mean())
@@ -105,7 +111,14 @@ def encode_identity(
         class_word=class_word,
         model_fingerprint=model.fingerprint,
         num_references=int(faces.shape[0]),
+        face_embedding=face_embedding,
     )
+
+
+def _unit_mean(embedding: Tensor) -> Tensor:
+    """(R, D) embeddings -> (1, D) float32: the mean of the unit rows, renormalised."""
+    unit = torch.nn.functional.normalize(embedding.float(), dim=-1)
+    return torch.nn.functional.normalize(unit.mean(dim=0, keepdim=True), dim=-1)
 
 
 def _mean_tokens(tokens: Tensor | None) -> Tensor | None:
@@ -193,6 +206,7 @@ def load_identity(path: str | os.PathLike) -> Identity:
         class_word=metadata.get("class_word", "person"),
         model_fingerprint=metadata.get("model_fingerprint", ""),
         num_references=_metadata_int(path, metadata, "num_references", 1),
+        face_embedding=tensors.get("face_embedding"),
     )
 
 

@@ -23,6 +23,7 @@ MODULES = (
     "uniid_core.parity",
     "uniid_core.convert",
     "uniid_core.download",
+    "uniid_core.evaluate",
     "training.prepare",
     "training.train",
     "training.export",
