@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+API_PROMPT = Path(__file__).parent / "data" / "api_prompt_v1_nodes.json"
+"""An API prompt written against the nodes before their move to ComfyUI's V3 schema: every UniID node
+with every input by its name (optional ones included), as scripts and saved API prompts send them."""
 
 
 class _Server:
@@ -159,3 +165,49 @@ def test_prompt_runs_through_comfy_executor(comfy, model_files):
     assert "identities/test_face.safetensors" in loader.INPUT_TYPES()["required"]["identity_file"][0]
     identity, word = loader().load("identities/test_face.safetensors")
     assert word == "person" and torch.equal(identity.adapter_tokens, saved.adapter_tokens)
+
+
+def _run(comfy, prompt: dict, prompt_id: str) -> list[str]:
+    """Validate and execute ``prompt`` in ComfyUI; returns the ids of its output nodes."""
+    import execution
+
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    assert valid, (error, node_errors)
+    executor = execution.PromptExecutor(_Server(), cache_type=False)
+    executor.execute(prompt, prompt_id, {}, outputs)
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert executor.success, errors
+    return sorted(outputs)
+
+
+@pytest.fixture(scope="module")
+def core_extra_nodes(comfy):
+    """ComfyUI's own mask and custom-sampling nodes, registered by its loader as at startup."""
+    for name in ("nodes_mask.py", "nodes_custom_sampler.py"):
+        loaded = asyncio.run(comfy.nodes.load_custom_node(str(comfy.root / "comfy_extras" / name),
+                                                          module_parent="comfy_extras"))
+        assert loaded, name
+
+
+def test_api_prompt_written_for_the_v1_nodes_runs(comfy, model_files, uniid_weights, core_extra_nodes):
+    """Every node, input name and option value of a saved API prompt still validates and runs."""
+    from safetensors.torch import load_file
+
+    from tests.comfyui.conftest import random_identity
+    from uniid_core.identity import load_identity, save_identity
+
+    identities = model_files / "uniid" / "identities"
+    save_identity(random_identity(uniid_weights, 11), identities / "saved_before.safetensors")
+    prompt = json.loads(API_PROMPT.read_text())
+    ours = {name for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.comfyui-uniid"}
+    assert ours <= {node["class_type"] for node in prompt.values()}
+    assert _run(comfy, prompt, "uniid-api-v1") == ["13", "14", "23", "24"]
+    output = comfy.base / "output"
+    latents = [load_file(str(next(output.glob(f"{name}_*.latent"))))["latent_tensor"]
+               for name in ("uniid_api_ksampler", "uniid_api_custom")]
+    for latent in latents:
+        assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
+    assert not torch.equal(latents[0], latents[1])
+    saved = load_identity(identities / "api_face.safetensors")
+    assert saved.class_word == "person" and saved.text_tokens.shape == (1, 3, 2048)
