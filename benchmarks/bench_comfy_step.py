@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         num_text_tokens=None,
         num_adapter_tokens=25,
         adapter_hidden_dim=768,
-        layer_widths={2 * i + 1: layer.width for i, layer in enumerate(layers)},
+        layer_widths={layer.index: layer.width for layer in layers},
         adapter_depth=1,
     )
     with torch.no_grad():

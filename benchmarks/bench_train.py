@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from training.components import (  # noqa: E402
     BaseModels,
     UniIDTrainingModule,
-    build_uniid,
+    build_stage_model,
     encode_prompts,
     time_ids,
 )
@@ -253,8 +253,8 @@ class Baseline:
         for module in (base.unet, base.vae, base.text_encoder, base.text_encoder_2):
             module.to(device, self.dtype)
         self.face_net = face_net.to(device, self.dtype)
-        widths = (base.text_encoder.config.hidden_size, base.text_encoder_2.config.hidden_size)
-        self.uniid = build_uniid(cfg, base.unet, widths, base.unet.config.cross_attention_dim).to(device)
+        encoders = (base.text_encoder, base.text_encoder_2)
+        self.uniid = build_stage_model(cfg, base.unet, encoders).to(device)
         install_uniid_processors(base.unet, self.uniid, rescale="add")
         self.module = UniIDTrainingModule(self.uniid, base.unet, "adapter")
         self.params = list(self.uniid.adapter_branch.parameters())

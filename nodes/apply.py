@@ -7,13 +7,14 @@ import torch
 from uniid_core.anchor import load_names
 from uniid_core.attention import RESCALERS
 from uniid_core.errors import CheckpointError, UniIDError
+from uniid_core.family import get_family
 from uniid_core.identity import check_identity_matches
 from uniid_core.schedule import MergeSchedule
 
 from .anchor_clip import anchor_for_clip
 from .bundle import UniIDWeights
 from .conditioning import splice_conditioning
-from .family import check_sdxl, cross_attn_layers
+from .family import check_family, cross_attn_layers
 from .loaders import CATEGORY
 from .patch import UniIDState, compute_dtype, install
 from .paths import names_choices, resolve_names
@@ -193,7 +194,8 @@ class UniIDApply:
         merge_at: str = "step",
         merge_percent: float = 0.17,
     ) -> tuple:
-        check_sdxl(model)
+        family = get_family(uniid.model.config.family)
+        check_family(model, family)
         check_identity_matches(identity, uniid.model)
         if merge_at not in MERGE_AT:
             raise UniIDError(f"merge_at must be one of {MERGE_AT}, got {merge_at!r}")
@@ -225,7 +227,8 @@ class UniIDApply:
         )
         patched = model.clone()
         install(patched, state, layers)
-        return (patched, splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag))
+        spliced = splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag, family)
+        return (patched, spliced)
 
 
 def _token_sets(identity: object, uniid: UniIDWeights) -> torch.Tensor | None:
@@ -248,5 +251,5 @@ def _check_layers(layers: list, widths: list[int], source: str) -> None:
         raise CheckpointError(
             f"the UniID adapter in {source} has {len(widths)} cross-attention projections but this UNet has "
             f"{len(unet_widths)} cross-attention layers (or other widths); the weights were trained for "
-            "another UNet layout (UniID needs SDXL)"
+            "another UNet layout (UniID needs the base-model family the weights were trained for)"
         )

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from uniid_core.errors import UniIDError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from uniid_core.precision import DTYPES
 
 
 class IPProjections(nn.Module):

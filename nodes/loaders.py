@@ -9,9 +9,10 @@ import torch
 
 from uniid_core.checkpoint import load_face_net, load_uniid
 from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE
+from uniid_core.precision import DTYPES
 
 from . import paths
-from .bundle import DTYPES, UniIDWeights, managed
+from .bundle import UniIDWeights, managed
 
 CATEGORY = "UniID"
 DETECTOR_BACKENDS = ["insightface", "mtcnn", "pre-aligned"]
@@ -34,7 +35,7 @@ class UniIDLoader:
                     },
                 ),
                 "dtype": (
-                    ["auto", "fp16", "bf16", "fp32"],
+                    ["auto", *DTYPES],
                     {
                         "tooltip": "Precision of the adapter projections used while sampling; auto follows "
                         "the UNet's compute dtype when UniID is applied"

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from uniid_core.face.class_word import substitute_class_word
-from uniid_core.splice import EOS_ID
+from uniid_core.splice import prompt_token_count
 
 from .conditioning import PROMPT_TOKENS_KEY
 from .loaders import CATEGORY
 
 
 def first_chunk_tokens(tokens: dict) -> int:
-    """Real prompt tokens in the first 77-chunk (between BOS and the first EOS), the most over the towers."""
-    most = 0
-    for chunks in tokens.values():
-        if not chunks:
-            continue
-        ids = [int(t[0]) if isinstance(t[0], (int, float)) else -1 for t in chunks[0]][1:]
-        most = max(most, ids.index(EOS_ID) if EOS_ID in ids else len(ids))
-    return most
+    """Real prompt tokens in the first 77-chunk (between BOS and the first EOS), the most over the towers.
+
+    ``tokens`` is ComfyUI's tokenizer output: per tower, chunks of (id or embedding, weight) pairs.
+    """
+    return max(
+        (
+            prompt_token_count([int(t[0]) if isinstance(t[0], (int, float)) else -1 for t in chunks[0]])
+            for chunks in tokens.values()
+            if chunks
+        ),
+        default=0,
+    )
 
 
 class UniIDTextEncode:

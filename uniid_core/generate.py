@@ -21,9 +21,9 @@ from .face.image import load_image
 from .face.insightface_backend import DEFAULT_DET_SIZE
 from .face.pipeline import prepare_faces
 from .pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
+from .precision import DTYPES, dtype_label
 from .schedule import MergeSchedule
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OFFICIAL_SEED = 42
 
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "celeb_names_sha256": names_digest(names),
         "scheduler": type(pipeline.sdxl.scheduler).__name__,
         "noise_device": pipeline.device.type,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_label(dtype),
     }
     return write_pngs(images, Path(args.out), record)
 

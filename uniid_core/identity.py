@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import atomic_write
 from .errors import CheckpointError, IdentityMismatchError, UniIDError
 from .models.iresnet import FaceRecognitionNet
 from .models.uniid import UniIDModel
+from .weights_file import atomic_write
 
 if TYPE_CHECKING:
     from .anchor import TextAnchor

@@ -56,11 +56,11 @@ def golden_unet(comfy, golden_dir):
 @pytest.fixture(scope="module")
 def golden_uniid(pack, golden_dir):
     """UniID adapter weights from the golden rule, built by uniid_core's checkpoint code."""
-    from uniid_core.checkpoint import build_uniid
+    from uniid_core.checkpoint import uniid_from_tensors
 
     rule = _make_weights(golden_dir)
     spec = rule.load_spec(str(golden_dir / "specs/adapter_branch.json"))
-    model = build_uniid(rule.make_state_dict(spec["tensors"], spec["seed"]), "golden adapter rule")
+    model = uniid_from_tensors(rule.make_state_dict(spec["tensors"], spec["seed"]), "golden adapter rule")
     return pack.bundle.UniIDWeights(model=model, source="golden", dtype_choice="fp32")
 
 

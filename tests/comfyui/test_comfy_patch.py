@@ -46,9 +46,13 @@ def _state(model):
 
 
 def test_layer_keys_follow_official_order(pack, small_sdxl):
+    from uniid_core.family import SDXL
+
     layers = pack.family.cross_attn_layers(small_sdxl)
     assert [layer.key for layer in layers] == OFFICIAL_ORDER
     assert len(layers) == 70
+    spec = [(layer.index, layer.key, layer.level) for layer in SDXL.cross_attn_layers]
+    assert [(layer.index, layer.key, layer.level) for layer in layers] == spec
     assert {layer.width for layer in layers} == {64, 128}
     levels = {layer.key[:2]: layer.level for layer in layers}
     assert levels == {

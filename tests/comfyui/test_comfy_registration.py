@@ -223,9 +223,10 @@ def _fake_model(name: str, unet_config: dict, unet: bool) -> types.SimpleNamespa
 )
 def test_non_sdxl_models_are_refused_clearly(pack, name, config, unet, hint):
     from uniid_core.errors import ModelFamilyError
+    from uniid_core.family import SDXL
 
     with pytest.raises(ModelFamilyError, match="only with SDXL") as info:
-        pack.family.check_sdxl(_fake_model(name, config, unet))
+        pack.family.check_family(_fake_model(name, config, unet), SDXL)
     assert hint in str(info.value) and name in str(info.value)
 
 
