@@ -8,15 +8,15 @@ import comfy.utils
 import torch
 
 from uniid_core.checkpoint import load_face_net, load_uniid
+from uniid_core.face.detect import face_backend_names, make_detector
 from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE
+from uniid_core.face.providers import PROVIDERS
 from uniid_core.precision import DTYPES
 
 from . import paths
 from .bundle import UniIDWeights, managed
 
 CATEGORY = "UniID"
-DETECTOR_BACKENDS = ["insightface", "mtcnn", "pre-aligned"]
-PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO", "TensorRT"]
 
 
 class UniIDLoader:
@@ -108,15 +108,13 @@ class FaceDetectorSpec:
     """A face detector choice; the detector itself is built on first use and kept."""
 
     backend: str
-    options: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
     _detector: object = None
 
     def get(self) -> object:
-        """The detector, built once (imports insightface / onnxruntime only here)."""
+        """The detector, built once (the backend's packages are imported only here)."""
         if self._detector is None:
-            from uniid_core.face.detect import make_detector
-
-            self._detector = make_detector(self.backend, **self.options)
+            self._detector = make_detector(self.backend, **self.settings)
         return self._detector
 
 
@@ -128,13 +126,13 @@ class UniIDFaceDetectorLoader:
         return {
             "required": {
                 "backend": (
-                    DETECTOR_BACKENDS,
+                    face_backend_names(),
                     {
                         "tooltip": "insightface: best, gives man/woman; mtcnn: no insightface needed; "
                         "pre-aligned: the images already are 112x112 ArcFace crops"
                     },
                 ),
-                "provider": (PROVIDERS, {"tooltip": "onnxruntime accelerator for insightface / mtcnn"}),
+                "provider": (list(PROVIDERS), {"tooltip": "onnxruntime accelerator for insightface / mtcnn"}),
                 "insightface_model": (
                     paths.insightface_model_choices(),
                     {
@@ -165,16 +163,12 @@ class UniIDFaceDetectorLoader:
     def load(
         self, backend: str, provider: str, insightface_model: str, det_size: int
     ) -> tuple[FaceDetectorSpec]:
-        options: dict = {}
-        if backend == "insightface":
-            options = {
-                "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
-                "name": insightface_model,
-                "provider": provider,
-                "det_size": det_size,
-            }
-        elif backend == "mtcnn":
-            options = {"engine": "auto"}
-        spec = FaceDetectorSpec(backend=backend, options=options)
+        settings = {
+            "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
+            "name": insightface_model,
+            "provider": provider,
+            "det_size": det_size,
+        }
+        spec = FaceDetectorSpec(backend=backend, settings=settings)
         spec.get()
         return (spec,)

@@ -39,13 +39,12 @@ from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.errors import FaceDetectionError, UniIDError
 from uniid_core.face.align import align_face
 from uniid_core.face.class_word import class_word_from_gender
-from uniid_core.face.detect import DetectedFace, FaceDetector, make_detector
+from uniid_core.face.detect import DetectedFace, FaceDetector, face_backend_names, make_detector
 from uniid_core.face.image import load_image
 from uniid_core.face.prealigned import PreAlignedDetector
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list", ".tsv"}
-DETECTORS = ("insightface", "mtcnn", "pre-aligned")
 INTERRUPTED = 130
 
 
@@ -115,14 +114,14 @@ class LatentEncoder:
 
 def build_detector(args: argparse.Namespace, threads: int | None = None) -> FaceDetector:
     """The face detector the options ask for (`threads` caps MTCNN's onnxruntime threads per worker)."""
-    options: dict[str, Any] = {}
-    if args.detector == "insightface":
-        options = {"provider": args.detector_provider, "det_size": args.det_size, "name": args.detector_name}
-        if args.detector_root:
-            options["root"] = args.detector_root
-    elif args.detector == "mtcnn" and threads:
-        options = {"threads": threads}
-    return make_detector(args.detector, **options)
+    return make_detector(
+        args.detector,
+        root=args.detector_root or None,
+        name=args.detector_name,
+        provider=args.detector_provider,
+        det_size=args.det_size,
+        threads=threads,
+    )
 
 
 def process_image(
@@ -372,7 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="dataset folder (created; re-running resumes)")
     parser.add_argument(
         "--detector",
-        choices=DETECTORS,
+        choices=face_backend_names(),
         default="insightface",
         help="insightface (official; gives man/woman), mtcnn (ships with the pack), pre-aligned",
     )

@@ -16,7 +16,7 @@ import torch
 
 from .anchor import BUILTIN_NAMES, load_names, names_digest, names_path
 from .cli import argument_parser, path_problem, require_paths, run_cli
-from .face.detect import make_detector
+from .face.detect import face_backend_names, make_detector
 from .face.image import load_image
 from .face.insightface_backend import DEFAULT_DET_SIZE
 from .face.pipeline import prepare_faces
@@ -66,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=OFFICIAL_SEED, help="noise seed (official: 42; written to the PNG)"
     )
     parser.add_argument("--num-images", type=int, default=1, help="images to make with this identity")
-    parser.add_argument("--detector", default="insightface", help="insightface, mtcnn or pre-aligned")
+    parser.add_argument(
+        "--detector", default="insightface", help=f"face detector: {', '.join(face_backend_names())}"
+    )
     parser.add_argument(
         "--det-size",
         type=int,
@@ -121,10 +123,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     select: str | int = int(args.select) if args.select.lstrip("-").isdigit() else args.select
     names = load_names(args.celeb_names)
     insightface = args.detector == "insightface"
-    options = {"root": args.insightface_root, "name": args.insightface_model, "det_size": args.det_size}
+    detector = make_detector(
+        args.detector, root=args.insightface_root, name=args.insightface_model, det_size=args.det_size
+    )
     faces = prepare_faces(
         [load_image(p) for p in args.ref],
-        make_detector(args.detector, **(options if insightface else {})),
+        detector,
         select=select,
         class_word=args.class_word,
     )
