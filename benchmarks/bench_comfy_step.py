@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     model = comfy.model_patcher.ModelPatcher(
         base, load_device=load_device, offload_device=mm.unet_offload_device()
     )
-    layers = pack.family.cross_attn_layers(model)
+    layers = pack.base_model.cross_attn_layers(model)
     uniid_config = UniIDConfig(
         num_text_tokens=None,
         num_adapter_tokens=25,

@@ -12,11 +12,11 @@ from uniid_core.identity import check_identity_matches
 from uniid_core.schedule import MergeSchedule
 
 from .anchor_clip import anchor_for_clip
+from .base_model import check_family, cross_attn_layers
 from .bundle import UniIDWeights
 from .conditioning import splice_conditioning
-from .family import check_family, cross_attn_layers
 from .loaders import CATEGORY
-from .patch import UniIDState, compute_dtype, install
+from .patch import UniIDState, compute_dtype, install_patch
 from .paths import names_choices, resolve_names
 
 MERGE_AT = ["step", "percent"]
@@ -226,7 +226,7 @@ class UniIDApply:
             mask=mask,
         )
         patched = model.clone()
-        install(patched, state, layers)
+        install_patch(patched, state, layers)
         spliced = splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag, family)
         return (patched, spliced)
 

@@ -6,7 +6,7 @@ import comfy.model_management
 import comfy.utils
 import torch
 
-from uniid_core.face.pipeline import prepare_faces
+from uniid_core.face.references import prepare_faces
 from uniid_core.identity import encode_identity
 
 from .bundle import UniIDWeights

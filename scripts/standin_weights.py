@@ -102,7 +102,7 @@ def _uniid(out: Path, base: Path) -> None:
     save_uniid(model.eval(), out)
 
 
-def _face_net(out: Path) -> None:
+def _write_face_net(out: Path) -> None:
     from safetensors.torch import save_file
 
     from uniid_core.models.iresnet import iresnet100
@@ -129,7 +129,7 @@ def build(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     np.random.seed(seed)
     _tiny_sdxl(paths["base"], write_tokenizer_files(out_dir / "tokenizer_src"))
     _uniid(paths["uniid"], paths["base"])
-    _face_net(paths["face_net"])
+    _write_face_net(paths["face_net"])
     (out_dir / MARKER).write_text("Random stand-in weights (scripts/standin_weights.py), not a real model.\n")
     return paths
 

@@ -16,11 +16,11 @@ import torch
 
 from .anchor import BUILTIN_NAMES, load_names, names_digest, names_path
 from .cli import argument_parser, path_problem, require_paths, run_cli
+from .diffusers_pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
 from .face.detect import face_backend_names, make_detector
 from .face.image import load_image
 from .face.insightface_backend import DEFAULT_DET_SIZE
-from .face.pipeline import prepare_faces
-from .pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
+from .face.references import prepare_faces
 from .precision import DTYPES, dtype_label
 from .schedule import MergeSchedule
 

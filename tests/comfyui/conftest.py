@@ -182,14 +182,14 @@ def small_uniid_model(layer_widths: list[int], seed: int = 3):
 @pytest.fixture(scope="session")
 def uniid_weights(pack, small_sdxl):
     """UniIDWeights (the UNIID socket value) sized for the small UNet."""
-    widths = [layer.width for layer in pack.family.cross_attn_layers(small_sdxl)]
+    widths = [layer.width for layer in pack.base_model.cross_attn_layers(small_sdxl)]
     return pack.bundle.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
 
 
 @pytest.fixture(scope="session")
 def mini_uniid(pack, mini_sdxl):
     """UniIDWeights sized for the mini UNet."""
-    widths = [layer.width for layer in pack.family.cross_attn_layers(mini_sdxl)]
+    widths = [layer.width for layer in pack.base_model.cross_attn_layers(mini_sdxl)]
     return pack.bundle.UniIDWeights(
         model=small_uniid_model(widths, seed=6), source="mini", dtype_choice="auto"
     )

@@ -48,7 +48,7 @@ def _state(model):
 def test_layer_keys_follow_official_order(pack, small_sdxl):
     from uniid_core.family import SDXL
 
-    layers = pack.family.cross_attn_layers(small_sdxl)
+    layers = pack.base_model.cross_attn_layers(small_sdxl)
     assert [layer.key for layer in layers] == OFFICIAL_ORDER
     assert len(layers) == 70
     spec = [(layer.index, layer.key, layer.level) for layer in SDXL.cross_attn_layers]
@@ -127,7 +127,7 @@ def test_patched_model_matches_official_formula(comfy, pack, merge_step, adapter
     from tests.comfyui.conftest import small_uniid_model
 
     model = build_sdxl(comfy, SDXL_MINI_UNET, dtype=torch.float64)
-    layers = pack.family.cross_attn_layers(model)
+    layers = pack.base_model.cross_attn_layers(model)
     weights = pack.bundle.UniIDWeights(small_uniid_model([layer.width for layer in layers], seed=8), "f64")
     identity = random_identity(weights, 31)
     positive, negative = random_conditioning(32), random_conditioning(33)
@@ -207,7 +207,7 @@ def test_composes_with_previous_attn2_patch(pack, mini_sdxl, mini_uniid):
     identity = random_identity(mini_uniid, 46)
     base = mini_sdxl.clone()
     previous = _Previous()
-    layers = pack.family.cross_attn_layers(mini_sdxl)
+    layers = pack.base_model.cross_attn_layers(mini_sdxl)
     for layer in layers:
         base.set_model_attn2_replace(previous, *layer.key)
     cond, negative = random_conditioning(47), random_conditioning(48)

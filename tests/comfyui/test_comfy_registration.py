@@ -226,7 +226,7 @@ def test_non_sdxl_models_are_refused_clearly(pack, name, config, unet, hint):
     from uniid_core.family import SDXL
 
     with pytest.raises(ModelFamilyError, match="only with SDXL") as info:
-        pack.family.check_family(_fake_model(name, config, unet), SDXL)
+        pack.base_model.check_family(_fake_model(name, config, unet), SDXL)
     assert hint in str(info.value) and name in str(info.value)
 
 

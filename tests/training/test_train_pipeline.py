@@ -1,4 +1,4 @@
-"""uniid_core.pipeline: the merge schedule is applied exactly, negatives carry no identity text tokens."""
+"""uniid_core.diffusers_pipeline: the merge schedule is exact, negatives carry no identity text tokens."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.training.conftest import tiny_face_net
+from uniid_core.diffusers_pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.diffusers_processor import uniid_processors
 from uniid_core.family import diffusers_layer_widths
 from uniid_core.models.uniid import UniIDConfig, UniIDModel
-from uniid_core.pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.schedule import MergeSchedule
 from uniid_core.splice import splice_text_tokens
 
