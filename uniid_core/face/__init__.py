@@ -28,7 +28,6 @@ _EXPORTS = {
     "ImageReport": "references",
     "class_word_from_gender": "class_word",
     "substitute_class_word": "class_word",
-    "has_class_word": "class_word",
     "aligned_preview": "preview",
     "draw_detections": "preview",
     "check_model_folder": "insightface_backend",
