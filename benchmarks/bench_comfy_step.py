@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with torch.no_grad():
         uniid = UniIDModel(uniid_config).eval()
-    weights = pack.bundle.UniIDWeights(model=uniid, source="random", dtype_choice="auto")
+    weights = pack.sockets.UniIDWeights(model=uniid, source="random", dtype_choice="auto")
     gen = torch.Generator().manual_seed(1)
     identity = Identity(
         text_tokens=torch.randn(1, 3, 2048, generator=gen),
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     negative = [
         [torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen)}]
     ]
-    patched, patched_positive = pack.apply.UniIDApply().apply(
+    patched, patched_positive = pack.apply.UniIDApply.execute(
         model, positive, weights, identity, 2, 0.5, 1.8, 0.8, 1.2, args.rescale, 0.0, 1.0
     )
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}

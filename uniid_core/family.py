@@ -131,8 +131,13 @@ class BaseModelFamily:
     def text_configs(self) -> list[dict[str, Any]]:
         """The reference text towers' transformers configs (CLIPTextConfig keyword arguments)."""
         return [
-            {**tower, "hidden_size": width, "projection_dim": width, "vocab_size": self.eos_id + 1,
-             "max_position_embeddings": self.chunk}
+            {
+                **tower,
+                "hidden_size": width,
+                "projection_dim": width,
+                "vocab_size": self.eos_id + 1,
+                "max_position_embeddings": self.chunk,
+            }
             for tower, width in zip(self.reference_text, self.text_widths, strict=True)
         ]
 

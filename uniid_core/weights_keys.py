@@ -41,7 +41,7 @@ def strip_wrappers(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[key] = value
     for level in ("state_dict.", "model_state_dict."):
         if out and all(k.startswith(level) for k in out):
-            out = {k[len(level):]: v for k, v in out.items()}
+            out = {k[len(level) :]: v for k, v in out.items()}
     return out
 
 

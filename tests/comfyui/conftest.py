@@ -160,6 +160,13 @@ def small_clip(comfy):
     return clip
 
 
+def combo_choices(node_cls, name: str) -> list:
+    """The choices a (V3) node's dropdown input offers now, as ComfyUI lists them."""
+    inputs = node_cls.INPUT_TYPES()
+    spec = {**inputs.get("required", {}), **inputs.get("optional", {})}[name]
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
 def small_uniid_model(layer_widths: list[int], seed: int = 3):
     """A random UniID model (text branch N=3, adapter M=4, depth 1) whose ip layers fit ``layer_widths``."""
     from uniid_core.models.uniid import UniIDConfig, UniIDModel
@@ -183,14 +190,14 @@ def small_uniid_model(layer_widths: list[int], seed: int = 3):
 def uniid_weights(pack, small_sdxl):
     """UniIDWeights (the UNIID socket value) sized for the small UNet."""
     widths = [layer.width for layer in pack.base_model.cross_attn_layers(small_sdxl)]
-    return pack.bundle.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
+    return pack.sockets.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
 
 
 @pytest.fixture(scope="session")
 def mini_uniid(pack, mini_sdxl):
     """UniIDWeights sized for the mini UNet."""
     widths = [layer.width for layer in pack.base_model.cross_attn_layers(mini_sdxl)]
-    return pack.bundle.UniIDWeights(
+    return pack.sockets.UniIDWeights(
         model=small_uniid_model(widths, seed=6), source="mini", dtype_choice="auto"
     )
 

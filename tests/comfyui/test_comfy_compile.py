@@ -69,7 +69,7 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
 
     torch._dynamo.reset()
     backend.graphs = 0
-    model, cond = pack.apply.UniIDApply().apply(
+    model, cond = pack.apply.UniIDApply.execute(
         mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 1), **ARGS
     )
     out = run(compiled(model), cond)["samples"]
@@ -77,14 +77,14 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
     torch.testing.assert_close(out, run(model, cond)["samples"], rtol=0, atol=0)
 
     other = {**ARGS, "merge_step": 2, "adapter_scale_after": 1.0, "text_scale_after": 1.5}
-    model, cond = pack.apply.UniIDApply().apply(
+    model, cond = pack.apply.UniIDApply.execute(
         mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 2), **other
     )
     run(compiled(model), cond)
     assert (backend.graphs, breaks()) == (1, 0), "a new identity recompiled the UNet"
 
     compiled_first = compiled(mini_sdxl)
-    model, cond = pack.apply.UniIDApply().apply(
+    model, cond = pack.apply.UniIDApply.execute(
         compiled_first, positive, mini_uniid, random_identity(mini_uniid, 3), **ARGS
     )
     run(model, cond)
@@ -94,7 +94,7 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
     backend.graphs = 0
     half = torch.zeros(1, 64, 64)
     half[:, :, :32] = 1.0
-    first, cond = pack.apply.UniIDApply().apply(
+    first, cond = pack.apply.UniIDApply.execute(
         mini_sdxl,
         positive,
         mini_uniid,
@@ -102,7 +102,7 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
         **{**ARGS, "start_percent": 0.2},
         mask=half,
     )
-    model, cond = pack.apply.UniIDApply().apply(
+    model, cond = pack.apply.UniIDApply.execute(
         first, cond, mini_uniid, random_identity(mini_uniid, 5), **ARGS
     )
     out = run(compiled(model), cond)["samples"]

@@ -61,7 +61,7 @@ def golden_uniid(pack, golden_dir):
     rule = _make_weights(golden_dir)
     spec = rule.load_spec(str(golden_dir / "specs/adapter_branch.json"))
     model = uniid_from_tensors(rule.make_state_dict(spec["tensors"], spec["seed"]), "golden adapter rule")
-    return pack.bundle.UniIDWeights(model=model, source="golden", dtype_choice="fp32")
+    return pack.sockets.UniIDWeights(model=model, source="golden", dtype_choice="fp32")
 
 
 def _replay(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -102,7 +102,7 @@ def test_golden_noise_predictions(comfy, pack, golden_dir, golden_unet, golden_u
             {"pooled_output": g["encode_prompt_negative_pooled_prompt_embeds"]},
         ]
     ]
-    model, spliced = pack.apply.UniIDApply().apply(
+    model, spliced = pack.apply.UniIDApply.execute(
         golden_unet,
         positive,
         golden_uniid,

@@ -38,7 +38,7 @@ def identity(uniid_weights, small_face_net):
 
 
 def _apply(pack, model, cond, weights, identity, clip=None, **kw):
-    return pack.apply.UniIDApply().apply(model, cond, weights, identity, clip=clip, **{**DEFAULTS, **kw})
+    return pack.apply.UniIDApply.execute(model, cond, weights, identity, clip=clip, **{**DEFAULTS, **kw})
 
 
 def _state(model):
@@ -91,7 +91,7 @@ def test_clone_is_cheap_and_weights_are_managed(pack, small_sdxl, small_clip, un
     assert a.state is b.state
     models = twin.model_patches_models()
     assert models and all(m is a.state.ip_patcher for m in models)
-    assert isinstance(a.state.ip_patcher.model, pack.bundle.IPProjections)
+    assert isinstance(a.state.ip_patcher.model, pack.managed.IPProjections)
 
 
 def _reference_patch(weights, identity, layer_index, scale):
@@ -128,7 +128,7 @@ def test_patched_model_matches_official_formula(comfy, pack, merge_step, adapter
 
     model = build_sdxl(comfy, SDXL_MINI_UNET, dtype=torch.float64)
     layers = pack.base_model.cross_attn_layers(model)
-    weights = pack.bundle.UniIDWeights(small_uniid_model([layer.width for layer in layers], seed=8), "f64")
+    weights = pack.sockets.UniIDWeights(small_uniid_model([layer.width for layer in layers], seed=8), "f64")
     identity = random_identity(weights, 31)
     positive, negative = random_conditioning(32), random_conditioning(33)
     patched, spliced = _apply(pack, model, positive, weights, identity, merge_step=merge_step)
