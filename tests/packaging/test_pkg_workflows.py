@@ -202,7 +202,7 @@ def test_comfyui_accepts_every_api_prompt(live: dict) -> None:
 def test_comfyui_reads_our_registry_metadata(live: dict) -> None:
     config = live["pyproject"]
     assert config["project"]["name"] == "comfyui-uniid"
-    assert config["project"]["supported_comfyui_version"] == ">=0.3.64"
+    assert config["project"]["supported_comfyui_version"] == ">=0.3.60"
     assert config["tool_comfy"]["publisher_id"] == "uniid-comfy"
 
 
@@ -236,7 +236,6 @@ def v1_view(node_def: dict) -> dict:
 def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
     """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order."""
     before = json.loads(INTERFACE_V1.read_text())
-    assert before["comfyui_version"] == live["comfyui_version"]
     assert sorted(before["nodes"]) == live["our_nodes"]
     for name, node_def in before["nodes"].items():
         now = v1_view(live["nodes"][name])
