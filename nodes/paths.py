@@ -9,6 +9,7 @@ import folder_paths
 from uniid_core.anchor import BUILTIN_NAMES
 from uniid_core.checkpoint import is_uniid_file
 from uniid_core.errors import CheckpointError
+from uniid_core.face.insightface_backend import OFFICIAL_PACK, REQUIRED_FILES
 from uniid_core.release import (
     KIND_ADAPTER,
     KIND_BOTH,
@@ -27,7 +28,6 @@ WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".pth", ".pt"}
 UNIID_EXTENSIONS = {".safetensors", ".bin"}
 FACE_NET_EXTENSIONS = {".pth", ".pt", ".safetensors", ".bin"}
 OFFICIAL_DIR_SUFFIX = "/"
-DEFAULT_INSIGHTFACE_PACK = "buffalo_l"
 UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
 
 
@@ -127,8 +127,8 @@ def insightface_model_choices() -> list[str]:
                 names.update(
                     d for d in os.listdir(folder) if d != "models" and os.path.isdir(os.path.join(folder, d))
                 )
-    found = sorted(names, key=lambda name: (name != DEFAULT_INSIGHTFACE_PACK, name))
-    return found or [DEFAULT_INSIGHTFACE_PACK, "antelopev2"]
+    found = sorted(names, key=lambda name: (name != OFFICIAL_PACK, name))
+    return found or list(REQUIRED_FILES)
 
 
 def _missing(folder: str, name: str) -> CheckpointError:

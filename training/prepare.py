@@ -41,7 +41,10 @@ from uniid_core.face.align import align_face
 from uniid_core.face.class_word import class_word_from_gender
 from uniid_core.face.detect import DetectedFace, FaceDetector, face_backend_names, make_detector
 from uniid_core.face.image import load_image
+from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE, DEFAULT_ROOT, OFFICIAL_PACK
 from uniid_core.face.prealigned import PreAlignedDetector
+from uniid_core.face.providers import PROVIDERS
+from uniid_core.face.references import SELECT_MODES
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list", ".tsv"}
@@ -376,24 +379,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="insightface (official; gives man/woman), mtcnn (ships with the pack), pre-aligned",
     )
     parser.add_argument(
-        "--detector-root", default=None, help="insightface model root (default ~/.insightface)"
+        "--detector-root", default=None, help=f"insightface model root (default {DEFAULT_ROOT})"
     )
     parser.add_argument(
-        "--detector-name", default="buffalo_l", help="insightface model pack (official: buffalo_l)"
+        "--detector-name", default=OFFICIAL_PACK, help=f"insightface model pack (official: {OFFICIAL_PACK})"
     )
     parser.add_argument(
         "--detector-provider",
         default="CPU",
-        help="onnxruntime provider for insightface: CPU, CUDA, TensorRT, ROCm, CoreML, DirectML, OpenVINO",
+        help=f"onnxruntime provider for insightface: {', '.join(PROVIDERS)}",
     )
     parser.add_argument(
         "--det-size",
         type=int,
-        default=320,
+        default=DEFAULT_DET_SIZE,
         help="insightface detection size (official: 320); smaller sizes are tried when no face is found",
     )
     parser.add_argument(
-        "--select", choices=("largest", "score"), default="largest", help="which face to keep"
+        "--select", choices=SELECT_MODES, default=SELECT_MODES[0], help="which face to keep"
     )
     parser.add_argument("--class-word", default=None, help="use this class word for every image")
     parser.add_argument(

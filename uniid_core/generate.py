@@ -19,7 +19,7 @@ from .cli import argument_parser, path_problem, require_paths, run_cli
 from .diffusers_pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
 from .face.detect import face_backend_names, make_detector
 from .face.image import load_image
-from .face.insightface_backend import DEFAULT_DET_SIZE
+from .face.insightface_backend import DEFAULT_DET_SIZE, DEFAULT_ROOT, OFFICIAL_PACK
 from .face.references import prepare_faces
 from .precision import DTYPES, dtype_label
 from .schedule import MergeSchedule
@@ -76,10 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="insightface detection size (official 320; others are tried only when no face is found)",
     )
     parser.add_argument(
-        "--insightface-model", default="buffalo_l", help="insightface pack (official buffalo_l)"
+        "--insightface-model", default=OFFICIAL_PACK, help=f"insightface pack (official {OFFICIAL_PACK})"
     )
     parser.add_argument(
-        "--insightface-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx"
+        "--insightface-root", default=DEFAULT_ROOT, help="folder holding models/<pack>/*.onnx"
     )
     parser.add_argument(
         "--select",

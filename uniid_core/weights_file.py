@@ -85,6 +85,12 @@ def flatten_tensors(obj: Mapping, prefix: str = "") -> dict[str, Tensor]:
     return flat
 
 
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the metadata of a .safetensors file (the reader's own error when it is damaged)."""
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+
+
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata."""
     path = Path(path)
@@ -103,12 +109,9 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         raise CheckpointError(f"{broken} (the safetensors header is cut off); download or convert it again")
     if kind == "safetensors":
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return read_safetensors(path)
         except Exception as exc:  # the Rust reader raises SafetensorError for every kind of damage
             raise CheckpointError(f"{broken} ({exc}); download or convert it again") from exc
-        return tensors, metadata
     if kind == "unknown":
         raise CheckpointError(f"{broken} (neither safetensors nor a PyTorch file); check the path")
     try:

@@ -40,6 +40,17 @@ SDXL_SMALL_UNET = {
     "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
+APPLY_ARGS = dict(
+    merge_step=1,
+    text_scale_before=0.5,
+    text_scale_after=1.8,
+    adapter_scale_before=0.8,
+    adapter_scale_after=1.2,
+    rescale="normalized",
+    start_percent=0.0,
+    end_percent=1.0,
+)
+"""UniID Apply's widget values in the tests: the official scales, merging after the first step."""
 SDXL_MINI_UNET = {
     **SDXL_SMALL_UNET,
     "transformer_depth": [0, 0, 1, 1, 1, 1],

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.comfyui.conftest import SDXL_MINI_UNET, build_sdxl, random_conditioning, random_identity
+from tests.comfyui.conftest import (
+    APPLY_ARGS,
+    SDXL_MINI_UNET,
+    build_sdxl,
+    random_conditioning,
+    random_identity,
+)
 from tests.comfyui.recording import Recorder, one_evaluation
 
 OFFICIAL_ORDER = (
@@ -15,16 +21,6 @@ OFFICIAL_ORDER = (
     + [("output", b, i) for b in (0, 1, 2) for i in range(10)]
     + [("output", b, i) for b in (3, 4, 5) for i in range(2)]
     + [("middle", 0, i) for i in range(10)]
-)
-DEFAULTS = dict(
-    merge_step=1,
-    text_scale_before=0.5,
-    text_scale_after=1.8,
-    adapter_scale_before=0.8,
-    adapter_scale_after=1.2,
-    rescale="normalized",
-    start_percent=0.0,
-    end_percent=1.0,
 )
 
 
@@ -38,7 +34,7 @@ def identity(uniid_weights, small_face_net):
 
 
 def _apply(pack, model, cond, weights, identity, clip=None, **kw):
-    return pack.apply.UniIDApply.execute(model, cond, weights, identity, clip=clip, **{**DEFAULTS, **kw})
+    return pack.apply.UniIDApply.execute(model, cond, weights, identity, clip=clip, **{**APPLY_ARGS, **kw})
 
 
 def _state(model):

@@ -55,10 +55,15 @@ def sort_left_to_right(faces: list[DetectedFace]) -> list[DetectedFace]:
     return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
 
 
-def detect_on_padded_canvas(
-    detect: Callable[[np.ndarray], list[DetectedFace]], image_rgb: np.ndarray
+def detect_with_padding(
+    detect: Callable[[np.ndarray], list[DetectedFace]], image_rgb: np.ndarray, retry: bool = True
 ) -> list[DetectedFace]:
-    """Run a detector on the image centred on a black canvas 5/3 its size, for crops too tight to detect."""
+    """Run a detector; when it finds nothing (and ``retry``), once more with the image centred on a black
+    canvas 5/3 its size, for crops too tight to detect. Boxes and landmarks are in the image's coordinates.
+    """
+    faces = detect(image_rgb)
+    if faces or not retry:
+        return faces
     height, width = image_rgb.shape[:2]
     pad = max(height, width) // 3
     canvas = np.zeros((height + 2 * pad, width + 2 * pad, 3), dtype=np.uint8)
