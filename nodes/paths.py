@@ -11,10 +11,9 @@ from uniid_core.checkpoint import is_uniid_file
 from uniid_core.errors import CheckpointError
 from uniid_core.face.insightface_backend import OFFICIAL_PACK, REQUIRED_FILES
 from uniid_core.release import (
-    KIND_ADAPTER,
-    KIND_BOTH,
     KIND_FACE_NET,
-    KIND_TEXT,
+    UNIID_KINDS,
+    WEIGHT_SUFFIXES,
     classify_file,
     holds_uniid,
     is_weights_name,
@@ -24,11 +23,9 @@ UNIID_FOLDER = "uniid"
 INSIGHTFACE_FOLDER = "insightface"
 IDENTITY_SUBDIR = "identities"
 NAMES_SUBDIR = "names"
-WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".pth", ".pt"}
+WEIGHT_EXTENSIONS = set(WEIGHT_SUFFIXES)
 UNIID_EXTENSIONS = {".safetensors", ".bin"}
-FACE_NET_EXTENSIONS = {".pth", ".pt", ".safetensors", ".bin"}
 OFFICIAL_DIR_SUFFIX = "/"
-UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
 
 
 def _register(name: str, extensions: set[str]) -> None:
@@ -108,7 +105,7 @@ def face_net_choices() -> list[str]:
     for folder in (UNIID_FOLDER, INSIGHTFACE_FOLDER):
         for name in folder_paths.get_filename_list(folder):
             if (
-                os.path.splitext(name)[1].lower() in FACE_NET_EXTENSIONS
+                os.path.splitext(name)[1].lower() in WEIGHT_EXTENSIONS
                 and _listable(name)
                 and is_weights_name(name)
                 and _has_content(folder, name)

@@ -37,6 +37,8 @@ KIND_BOTH = "both branches"
 KIND_FACE_NET = "face net"
 KIND_OTHER = "other"
 KIND_UNREADABLE = "unreadable"
+UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
+"""The kinds of file that hold UniID weights."""
 
 _KIND_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -173,4 +175,4 @@ def scan_release(folder: str | os.PathLike, depth: int = RELEASE_DEPTH) -> Relea
 
 def holds_uniid(folder: str | os.PathLike) -> bool:
     """Whether a folder holds at least one UniID branch file within RELEASE_DEPTH levels (cheap, memoised)."""
-    return any(classify_file(path) in (KIND_TEXT, KIND_ADAPTER, KIND_BOTH) for path in weight_files(folder))
+    return any(classify_file(path) in UNIID_KINDS for path in weight_files(folder))
