@@ -1,6 +1,7 @@
-"""ComfyUI entry point of the UniID node pack: makes uniid_core importable and registers the nodes.
+"""ComfyUI entry point of the UniID node pack: makes uniid_core importable and exposes the V3 extension.
 
-Outside ComfyUI (no ``folder_paths`` module, e.g. when pytest imports this file) it registers nothing.
+ComfyUI (0.3.64 and later) loads the pack through ``comfy_entrypoint`` (see nodes/__init__.py). Outside
+ComfyUI (no ``folder_paths`` module, e.g. when pytest imports this file) it exposes nothing.
 """
 
 import importlib.util
@@ -11,12 +12,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.append(_HERE)
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 WEB_DIRECTORY = "./web"
 """Served by ComfyUI under /extensions/<pack>/; the frontend shows web/docs/<NodeName>.md as node help."""
 
-if importlib.util.find_spec("folder_paths") is not None:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402, F811
+__all__ = ["WEB_DIRECTORY"]
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+if importlib.util.find_spec("folder_paths") is not None:
+    from .nodes import comfy_entrypoint  # noqa: E402
+
+    __all__ += ["comfy_entrypoint"]

@@ -24,14 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.diffusers_processor import UniIDAttnProcessor  # noqa: E402
+from uniid_core.family import SDXL  # noqa: E402
+from uniid_core.models.uniid import RELEASED_ADAPTER_TOKENS  # noqa: E402
+from uniid_core.precision import DTYPES  # noqa: E402
 
-CONTEXT_DIM = 2048
-TEXT_TOKENS = 77
-ADAPTER_TOKENS = 25
+CONTEXT_DIM = SDXL.context_dim
+TEXT_TOKENS = SDXL.chunk
+ADAPTER_TOKENS = RELEASED_ADAPTER_TOKENS
 BATCH = 2
 HEAD_DIM = 64
-SHAPES = ((4096, 640), (1024, 1280))  # (query tokens, width) of SDXL attn2 layers at 1024x1024
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LATENT_SIDE = 1024 // 8
+SHAPES = sorted(
+    {((LATENT_SIDE >> layer.level) ** 2, layer.width) for layer in SDXL.cross_attn_layers}, reverse=True
+)
+"""(query tokens, width) of every kind of SDXL attn2 layer at 1024x1024: (4096, 640) and (1024, 1280)."""
 
 
 class HostSyncProcessor(UniIDAttnProcessor):

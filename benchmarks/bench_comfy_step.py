@@ -137,17 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     model = comfy.model_patcher.ModelPatcher(
         base, load_device=load_device, offload_device=mm.unet_offload_device()
     )
-    layers = pack.family.cross_attn_layers(model)
+    layers = pack.base_model.cross_attn_layers(model)
     uniid_config = UniIDConfig(
         num_text_tokens=None,
         num_adapter_tokens=25,
         adapter_hidden_dim=768,
-        layer_widths={2 * i + 1: layer.width for i, layer in enumerate(layers)},
+        layer_widths={layer.index: layer.width for layer in layers},
         adapter_depth=1,
     )
     with torch.no_grad():
         uniid = UniIDModel(uniid_config).eval()
-    weights = pack.bundle.UniIDWeights(model=uniid, source="random", dtype_choice="auto")
+    weights = pack.sockets.UniIDWeights(model=uniid, source="random", dtype_choice="auto")
     gen = torch.Generator().manual_seed(1)
     identity = Identity(
         text_tokens=torch.randn(1, 3, 2048, generator=gen),
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     negative = [
         [torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen)}]
     ]
-    patched, patched_positive = pack.apply.UniIDApply().apply(
+    patched, patched_positive = pack.apply.UniIDApply.execute(
         model, positive, weights, identity, 2, 0.5, 1.8, 0.8, 1.2, args.rescale, 0.0, 1.0
     )
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}

@@ -25,7 +25,7 @@ from uniid_core.errors import UniIDError  # noqa: E402
 from uniid_core.face.align import align_face, faces_to_tensor  # noqa: E402
 from uniid_core.face.detect import FaceDetector, make_detector  # noqa: E402
 from uniid_core.face.image import load_image  # noqa: E402
-from uniid_core.face.pipeline import select_face  # noqa: E402
+from uniid_core.face.references import select_face  # noqa: E402
 
 
 def _best_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -23,8 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from uniid_core.cli import argument_parser, run_cli  # noqa: E402
 from uniid_core.identity import encode_identity  # noqa: E402
 from uniid_core.models import UniIDConfig, UniIDModel, iresnet100  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from uniid_core.precision import DTYPES  # noqa: E402
 
 
 def random_model(device: str, dtype: torch.dtype) -> UniIDModel:

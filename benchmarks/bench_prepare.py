@@ -27,8 +27,10 @@ sys.path.insert(0, str(REPO))
 
 from bench_train import make_photos  # noqa: E402
 
-from training.memory import SDXL_VAE  # noqa: E402
 from training.prepare import main as prepare_main  # noqa: E402
+from uniid_core.face.detect import face_backend_names  # noqa: E402
+from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE  # noqa: E402
+from uniid_core.family import SDXL  # noqa: E402
 
 TINY_VAE = dict(
     block_out_channels=(16, 16, 16, 16),
@@ -45,17 +47,17 @@ def write_vae(folder: Path, shape: str) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    AutoencoderKL(**(SDXL_VAE if shape == "sdxl" else TINY_VAE)).save_pretrained(folder / "vae")
+    AutoencoderKL(**(SDXL.reference_vae if shape == "sdxl" else TINY_VAE)).save_pretrained(folder / "vae")
     return folder
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Time training.prepare for each worker count and print a JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--detector", default="mtcnn", choices=("mtcnn", "insightface", "pre-aligned"))
+    parser.add_argument("--detector", default="mtcnn", choices=face_backend_names())
     parser.add_argument("--detector-root", default=None)
     parser.add_argument("--detector-provider", default="CPU")
-    parser.add_argument("--det-size", type=int, default=320)
+    parser.add_argument("--det-size", type=int, default=DEFAULT_DET_SIZE)
     parser.add_argument("--images", type=int, default=32, help="photos to make (ignored with --photos)")
     parser.add_argument("--photos", default=None, help="folder of your own face photos")
     parser.add_argument("--latents", action="store_true", help="also encode 512x512 targets with the VAE")

@@ -33,10 +33,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scripts.standin_weights import BOS, EOS, write_tokenizer_files  # noqa: E402
 from training.components import (  # noqa: E402
     BaseModels,
     UniIDTrainingModule,
-    build_uniid,
+    build_stage_model,
     encode_prompts,
     time_ids,
 )
@@ -50,8 +51,18 @@ from uniid_core.diffusers_processor import install_uniid_processors  # noqa: E40
 from uniid_core.face.align import align_face  # noqa: E402
 from uniid_core.face.detect import make_detector  # noqa: E402
 from uniid_core.face.image import load_image  # noqa: E402
+from uniid_core.family import SDXL  # noqa: E402
 from uniid_core.models.iresnet import FaceRecognitionNet, iresnet100  # noqa: E402
+from uniid_core.models.uniid import RELEASED_ADAPTER_HIDDEN_DIM, RELEASED_ADAPTER_TOKENS  # noqa: E402
 
+TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+UNET_KEYS = (
+    "block_out_channels", "layers_per_block", "attention_head_dim", "down_block_types", "up_block_types",
+    "transformer_layers_per_block", "addition_time_embed_dim",
+)
+VAE_KEYS = ("block_out_channels", "layers_per_block")
+"""What a preset sets; build_base adds the rest (the same for both presets). "sdxl" reads SDXL's shapes
+from the family spec (uniid_core.family)."""
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "text": [dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)] * 2,
@@ -71,57 +82,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_adapter_tokens": 4,
     },
     "sdxl": {
-        "text": [
-            dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-            dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20),
-        ],
-        "unet": dict(
-            block_out_channels=(320, 640, 1280),
-            layers_per_block=2,
-            attention_head_dim=(5, 10, 20),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            addition_time_embed_dim=256,
-            norm_num_groups=32,
-        ),
-        "vae": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+        "text": [{key: tower[key] for key in TEXT_KEYS} for tower in SDXL.text_configs()],
+        "unet": {**{key: SDXL.reference_unet[key] for key in UNET_KEYS}, "norm_num_groups": 32},
+        "vae": {**{key: SDXL.reference_vae[key] for key in VAE_KEYS}, "norm_num_groups": 32},
         "face_blocks": None,
-        "adapter_hidden_dim": 768,
-        "num_adapter_tokens": 25,
+        "adapter_hidden_dim": RELEASED_ADAPTER_HIDDEN_DIM,
+        "num_adapter_tokens": RELEASED_ADAPTER_TOKENS,
     },
 }
 
 
-def byte_symbols() -> list[str]:
-    """The 256 printable stand-ins of byte-level BPE: printable Latin-1 bytes as themselves, the rest
-    mapped to code points from 256 up (the CLIP tokenizer's byte alphabet)."""
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    symbols, shifted = [], 0
-    for byte in range(256):
-        if byte in printable:
-            symbols.append(chr(byte))
-        else:
-            symbols.append(chr(256 + shifted))
-            shifted += 1
-    return symbols
-
-
 def write_tiny_tokenizers(folder: Path) -> Path:
-    """tokenizer/ and tokenizer_2/ for CLIPTokenizer: bytes, bytes + '</w>', BOS, EOS (highest id)."""
-    symbols = byte_symbols()
-    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    for name, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
-        target = folder / name
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-        (target / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    """tokenizer/ and tokenizer_2/ for CLIPTokenizer: the stand-in byte vocabulary (BOS, EOS highest)."""
+    for name, pad in (("tokenizer", EOS), ("tokenizer_2", "!")):
+        target = write_tokenizer_files(folder / name)
         settings = {
             "tokenizer_class": "CLIPTokenizer",
             "model_max_length": 77,
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "unk_token": "<|endoftext|>",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "unk_token": EOS,
             "pad_token": pad,
         }
         (target / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
@@ -253,8 +233,8 @@ class Baseline:
         for module in (base.unet, base.vae, base.text_encoder, base.text_encoder_2):
             module.to(device, self.dtype)
         self.face_net = face_net.to(device, self.dtype)
-        widths = (base.text_encoder.config.hidden_size, base.text_encoder_2.config.hidden_size)
-        self.uniid = build_uniid(cfg, base.unet, widths, base.unet.config.cross_attention_dim).to(device)
+        encoders = (base.text_encoder, base.text_encoder_2)
+        self.uniid = build_stage_model(cfg, base.unet, encoders).to(device)
         install_uniid_processors(base.unet, self.uniid, rescale="add")
         self.module = UniIDTrainingModule(self.uniid, base.unet, "adapter")
         self.params = list(self.uniid.adapter_branch.parameters())

@@ -1,42 +1,45 @@
-"""ComfyUI nodes of the UniID pack (each module one concern; this file only collects them)."""
+"""ComfyUI nodes of the UniID pack (V3 schema; each module one concern, this file only collects them).
+
+ComfyUI calls ``comfy_entrypoint`` when it loads the pack: it registers the model folders and the
+official KSampler schedules, and returns the extension that lists the nodes.
+"""
 
 from __future__ import annotations
 
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from .apply import UniIDApply
+from .encode import UniIDEncodeFace
+from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity
+from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader
+from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers
 from .paths import register_folders
+from .text_encode import UniIDTextEncode
 
-register_folders()
+NODES: list[type[io.ComfyNode]] = [
+    UniIDLoader,
+    UniIDFaceNetLoader,
+    UniIDFaceDetectorLoader,
+    UniIDEncodeFace,
+    UniIDApply,
+    UniIDSaveIdentity,
+    UniIDLoadIdentity,
+    UniIDTextEncode,
+    UniIDOfficialSchedule,
+    UniIDOfficialNoise,
+]
 
-from .apply import UniIDApply  # noqa: E402
-from .encode import UniIDEncodeFace  # noqa: E402
-from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity  # noqa: E402
-from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader  # noqa: E402
-from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers  # noqa: E402
-from .text_encode import UniIDTextEncode  # noqa: E402
 
-register_ksampler_schedulers()
+class UniIDExtension(ComfyExtension):
+    """The UniID node pack as a ComfyUI extension."""
 
-NODE_CLASS_MAPPINGS = {
-    "UniIDLoader": UniIDLoader,
-    "UniIDFaceNetLoader": UniIDFaceNetLoader,
-    "UniIDFaceDetectorLoader": UniIDFaceDetectorLoader,
-    "UniIDEncodeFace": UniIDEncodeFace,
-    "UniIDApply": UniIDApply,
-    "UniIDSaveIdentity": UniIDSaveIdentity,
-    "UniIDLoadIdentity": UniIDLoadIdentity,
-    "UniIDTextEncode": UniIDTextEncode,
-    "UniIDOfficialSchedule": UniIDOfficialSchedule,
-    "UniIDOfficialNoise": UniIDOfficialNoise,
-}
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        """Every UniID node class (ids, inputs and outputs in their schemas)."""
+        return list(NODES)
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "UniIDLoader": "UniID Loader",
-    "UniIDFaceNetLoader": "UniID Face Net Loader",
-    "UniIDFaceDetectorLoader": "UniID Face Detector Loader",
-    "UniIDEncodeFace": "UniID Encode Face",
-    "UniIDApply": "UniID Apply",
-    "UniIDSaveIdentity": "UniID Save Identity",
-    "UniIDLoadIdentity": "UniID Load Identity",
-    "UniIDTextEncode": "UniID Text Encode",
-    "UniIDOfficialSchedule": "UniID Official Schedule",
-    "UniIDOfficialNoise": "UniID Official Noise",
-}
+
+async def comfy_entrypoint() -> UniIDExtension:
+    """ComfyUI's entry point for a V3 pack: set up folders and schedulers, then hand over the nodes."""
+    register_folders()
+    register_ksampler_schedulers()
+    return UniIDExtension()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.model_management
 import torch
 
-from uniid_core.anchor import AnchorCache, TextAnchor, load_names, weights_fingerprint
+from uniid_core.anchor import AnchorCache, TextAnchor, load_names, text_encoder_fingerprint
 from uniid_core.errors import ModelFamilyError
 
 _CACHE = AnchorCache()
@@ -59,6 +59,6 @@ def sdxl_towers(clip: object) -> list[ComfyClipTower]:
 def anchor_for_clip(clip: object, num_tokens: int, names: list[str] | None = None) -> TextAnchor:
     """The celebrity-name anchor of this CLIP's text encoders, memoised per weights fingerprint."""
     towers = sdxl_towers(clip)
-    fingerprint = weights_fingerprint([tower.text_model for tower in towers])
+    fingerprint = text_encoder_fingerprint([tower.text_model for tower in towers])
     with torch.no_grad():
         return _CACHE.get(towers, names or load_names(), num_tokens, fingerprint=fingerprint)

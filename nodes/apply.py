@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import torch
+from comfy_api.v0_0_2 import io
 
 from uniid_core.anchor import load_names
-from uniid_core.attention import RESCALERS
+from uniid_core.attention import rescaler_names
 from uniid_core.errors import CheckpointError, UniIDError
+from uniid_core.family import get_family
 from uniid_core.identity import check_identity_matches
 from uniid_core.schedule import MergeSchedule
 
 from .anchor_clip import anchor_for_clip
-from .bundle import UniIDWeights
+from .base_model import check_family, cross_attn_layers
 from .conditioning import splice_conditioning
-from .family import check_sdxl, cross_attn_layers
-from .loaders import CATEGORY
-from .patch import UniIDState, compute_dtype, install
+from .patch import UniIDState, compute_dtype, install_patch
 from .paths import names_choices, resolve_names
+from .schema import CATEGORY, UniIDNode
+from .sockets import UNIID, UNIID_IDENTITY, UniIDWeights
 
 MERGE_AT = ["step", "percent"]
-
-
-def rescaler_choices() -> list[str]:
-    """Registered adapter rescalers, the official "normalized" first."""
-    names = sorted(RESCALERS)
-    return (["normalized"] if "normalized" in names else []) + [n for n in names if n != "normalized"]
 
 
 def _text_tokens(identity: object, clip: object | None, names_file: str = "official") -> torch.Tensor | None:
@@ -42,139 +38,125 @@ def _text_tokens(identity: object, clip: object | None, names_file: str = "offic
     return identity.text_tokens_for_prompt().detach().float().cpu()
 
 
-class UniIDApply:
+class UniIDApply(UniIDNode):
     """Apply a UniID identity to an SDXL MODEL and its positive CONDITIONING."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def define_schema(cls) -> io.Schema:
         scale = {"min": 0.0, "max": 5.0, "step": 0.05}
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "An SDXL model"}),
-                "positive": (
-                    "CONDITIONING",
-                    {
-                        "tooltip": "Positive prompt conditioning; the identity's text "
-                        "tokens go into its first 77 tokens"
-                    },
+        percent = {"min": 0.0, "max": 1.0, "step": 0.001}
+        return io.Schema(
+            node_id="UniIDApply",
+            display_name="UniID Apply",
+            category=CATEGORY,
+            description="Applies a UniID identity: adapter attention in all 70 SDXL cross-attention layers "
+            "plus identity tokens in the prompt, with the official merge schedule.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL model"),
+                io.Conditioning.Input(
+                    "positive",
+                    tooltip="Positive prompt conditioning; the identity's text tokens go into its first 77 "
+                    "tokens",
                 ),
-                "uniid": (
-                    "UNIID",
-                    {"tooltip": "UniID weights (the same ones the identity was encoded with)"},
+                UNIID.Input("uniid", tooltip="UniID weights (the same ones the identity was encoded with)"),
+                UNIID_IDENTITY.Input("identity", tooltip="From UniID Encode Face or UniID Load Identity"),
+                io.Int.Input(
+                    "merge_step",
+                    default=5,
+                    min=0,
+                    max=1000,
+                    tooltip="Sampling step from which the 'after' scales apply (0 = from the start). Every "
+                    "model call of a step uses that step's scales; a run that continues an earlier one "
+                    "(KSamplerAdvanced start_at_step, SplitSigmas) continues its count. img2img "
+                    "(denoise < 1) counts the steps it runs",
                 ),
-                "identity": ("UNIID_IDENTITY", {"tooltip": "From UniID Encode Face or UniID Load Identity"}),
-                "merge_step": (
-                    "INT",
-                    {
-                        "default": 5,
-                        "min": 0,
-                        "max": 1000,
-                        "tooltip": "Sampling step from which the 'after' scales apply (0 = from the start). "
-                        "Every model call of a step uses that step's scales; a run that continues an "
-                        "earlier one (KSamplerAdvanced start_at_step, SplitSigmas) continues its count. "
-                        "img2img (denoise < 1) counts the steps it runs",
-                    },
+                io.Float.Input(
+                    "text_scale_before",
+                    default=0.5,
+                    **scale,
+                    tooltip="Text-token scale before the merge step",
                 ),
-                "text_scale_before": (
-                    "FLOAT",
-                    {"default": 0.5, **scale, "tooltip": "Text-token scale before the merge step"},
+                io.Float.Input(
+                    "text_scale_after",
+                    default=1.8,
+                    **scale,
+                    tooltip="Text-token scale from the merge step on",
                 ),
-                "text_scale_after": (
-                    "FLOAT",
-                    {"default": 1.8, **scale, "tooltip": "Text-token scale from the merge step on"},
+                io.Float.Input(
+                    "adapter_scale_before",
+                    default=0.8,
+                    **scale,
+                    tooltip="Adapter-attention scale before the merge step",
                 ),
-                "adapter_scale_before": (
-                    "FLOAT",
-                    {"default": 0.8, **scale, "tooltip": "Adapter-attention scale before the merge step"},
+                io.Float.Input(
+                    "adapter_scale_after",
+                    default=1.2,
+                    **scale,
+                    tooltip="Adapter-attention scale from the merge step on",
                 ),
-                "adapter_scale_after": (
-                    "FLOAT",
-                    {"default": 1.2, **scale, "tooltip": "Adapter-attention scale from the merge step on"},
+                io.Combo.Input(
+                    "rescale",
+                    options=rescaler_names(),
+                    tooltip="How the adapter attention is added: normalized (official, scaled to the text "
+                    "attention's norm), add (plain sum) or a registered strategy",
                 ),
-                "rescale": (
-                    rescaler_choices(),
-                    {
-                        "tooltip": "How the adapter attention is added: normalized (official, scaled to the "
-                        "text attention's norm), add (plain sum) or a registered strategy"
-                    },
+                io.Float.Input(
+                    "start_percent",
+                    default=0.0,
+                    **percent,
+                    tooltip="Fraction of sampling where the identity starts",
                 ),
-                "start_percent": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "Fraction of sampling where the identity starts",
-                    },
+                io.Float.Input(
+                    "end_percent",
+                    default=1.0,
+                    **percent,
+                    tooltip="Fraction of sampling where the identity stops",
                 ),
-                "end_percent": (
-                    "FLOAT",
-                    {
-                        "default": 1.0,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "Fraction of sampling where the identity stops",
-                    },
+                io.Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="The SDXL checkpoint's CLIP: gives the norm anchor of the text tokens (needed "
+                    "unless the identity already carries it)",
                 ),
-            },
-            "optional": {
-                "clip": (
-                    "CLIP",
-                    {
-                        "tooltip": "The SDXL checkpoint's CLIP: gives the norm anchor of the text "
-                        "tokens (needed unless the identity already carries it)"
-                    },
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Apply the adapter only inside this mask (e.g. one person of two)",
                 ),
-                "mask": (
-                    "MASK",
-                    {"tooltip": "Apply the adapter only inside this mask (e.g. one person of two)"},
+                io.Combo.Input(
+                    "names_file",
+                    options=names_choices(),
+                    default="official",
+                    optional=True,
+                    tooltip="Celebrity names the text-token norm anchor is computed from: official "
+                    "(wiki_names_v2.txt, as the official code), uniid_project, or your own list in "
+                    "models/uniid/names/ (one name per line)",
                 ),
-                "names_file": (
-                    names_choices(),
-                    {
-                        "default": "official",
-                        "tooltip": "Celebrity names the text-token norm anchor is computed from: official "
-                        "(wiki_names_v2.txt, as the official code), uniid_project, or your own list in "
-                        "models/uniid/names/ (one name per line)",
-                    },
+                io.Combo.Input(
+                    "merge_at",
+                    options=MERGE_AT,
+                    default="step",
+                    optional=True,
+                    tooltip="Where the 'after' scales start: at merge_step (official), or at the noise level "
+                    "merge_percent, which stays put for split runs whose first part used another model or "
+                    "does not reach the merge point, and for img2img",
                 ),
-                "merge_at": (
-                    MERGE_AT,
-                    {
-                        "default": "step",
-                        "tooltip": "Where the 'after' scales start: at merge_step (official), or at the "
-                        "noise level merge_percent, which stays put for split runs whose first part used "
-                        "another model or does not reach the merge point, and for img2img",
-                    },
+                io.Float.Input(
+                    "merge_percent",
+                    default=0.17,
+                    **percent,
+                    optional=True,
+                    tooltip="With merge_at = percent: the noise level (ComfyUI percent, as in start_percent) "
+                    "from which the 'after' scales apply; 0.17 is about step 5 of 30 with the normal "
+                    "scheduler",
                 ),
-                "merge_percent": (
-                    "FLOAT",
-                    {
-                        "default": 0.17,
-                        "min": 0.0,
-                        "max": 1.0,
-                        "step": 0.001,
-                        "tooltip": "With merge_at = percent: the noise level (ComfyUI percent, as in "
-                        "start_percent) from which the 'after' scales apply; 0.17 is about step 5 of 30 with "
-                        "the normal scheduler",
-                    },
-                ),
-            },
-        }
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive")],
+        )
 
-    RETURN_TYPES = ("MODEL", "CONDITIONING")
-    RETURN_NAMES = ("model", "positive")
-    FUNCTION = "apply"
-    CATEGORY = CATEGORY
-    DESCRIPTION = (
-        "Applies a UniID identity: adapter attention in all 70 SDXL cross-attention layers plus "
-        "identity tokens in the prompt, with the official merge schedule."
-    )
-
-    def apply(
-        self,
+    @classmethod
+    def execute(
+        cls,
         model,
         positive,
         uniid: UniIDWeights,
@@ -192,8 +174,9 @@ class UniIDApply:
         names_file: str = "official",
         merge_at: str = "step",
         merge_percent: float = 0.17,
-    ) -> tuple:
-        check_sdxl(model)
+    ) -> io.NodeOutput:
+        family = get_family(uniid.model.config.family)
+        check_family(model, family)
         check_identity_matches(identity, uniid.model)
         if merge_at not in MERGE_AT:
             raise UniIDError(f"merge_at must be one of {MERGE_AT}, got {merge_at!r}")
@@ -224,8 +207,9 @@ class UniIDApply:
             mask=mask,
         )
         patched = model.clone()
-        install(patched, state, layers)
-        return (patched, splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag))
+        install_patch(patched, state, layers)
+        spliced = splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag, family)
+        return io.NodeOutput(patched, spliced)
 
 
 def _token_sets(identity: object, uniid: UniIDWeights) -> torch.Tensor | None:
@@ -248,5 +232,5 @@ def _check_layers(layers: list, widths: list[int], source: str) -> None:
         raise CheckpointError(
             f"the UniID adapter in {source} has {len(widths)} cross-attention projections but this UNet has "
             f"{len(unet_widths)} cross-attention layers (or other widths); the weights were trained for "
-            "another UNet layout (UniID needs SDXL)"
+            "another UNet layout (UniID needs the base-model family the weights were trained for)"
         )

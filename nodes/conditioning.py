@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from uniid_core.splice import CHUNK, splice_text_tokens
+from uniid_core.family import BaseModelFamily
+from uniid_core.splice import dropped_prompt_tokens, splice_text_tokens
 
 LOG = logging.getLogger("UniID")
 MARKS_KEY = "uniid_marks"
@@ -42,11 +43,11 @@ def mark_for(options: dict, tag: str) -> UniIDMark | None:
     return None
 
 
-def _shifted(marks: tuple, count: int) -> tuple:
+def _shifted(marks: tuple, count: int, chunk: int) -> tuple:
     """Earlier marks after inserting ``count`` rows after BOS: moved down, clipped where the chunk ends."""
     out = []
     for mark in marks:
-        end = min(mark.start + mark.count, CHUNK - count)
+        end = min(mark.start + mark.count, chunk - count)
         out.append(replace(mark, start=mark.start + count, count=max(0, end - mark.start)))
     return tuple(out)
 
@@ -64,7 +65,7 @@ def _ranges(
 
 
 def splice_conditioning(
-    positive: list, tokens: torch.Tensor | None, start: float, end: float, tag: str
+    positive: list, tokens: torch.Tensor | None, start: float, end: float, tag: str, family: BaseModelFamily
 ) -> list:
     """Insert the tokens into every entry's first 77-chunk (active in [start, end]) and mark every entry.
 
@@ -81,14 +82,14 @@ def splice_conditioning(
         first_start, first_end = options.get("start_percent", 0.0), options.get("end_percent", 1.0)
         active, rest = _ranges(first_start, first_end, start, end)
         if active is not None:
-            _warn_dropped(embeds, options, count)
-            spliced = splice_text_tokens(embeds, tokens.to(embeds.dtype))
+            _warn_dropped(embeds, options, count, family)
+            spliced = splice_text_tokens(embeds, tokens.to(embeds.dtype), family=family)
             extra = (
                 {}
                 if active == (first_start, first_end)
                 else {"start_percent": active[0], "end_percent": active[1]}
             )
-            new_marks = (*_shifted(marks, count), UniIDMark(tag, POSITIVE, 1, count))
+            new_marks = (*_shifted(marks, count, family.chunk), UniIDMark(tag, POSITIVE, 1, count))
             out.append([spliced, {**options, **extra, MARKS_KEY: new_marks}])
         plain_marks = (*marks, UniIDMark(tag, POSITIVE, 1, 0))
         out += [
@@ -98,13 +99,13 @@ def splice_conditioning(
     return out
 
 
-def _warn_dropped(embeds: torch.Tensor, options: dict, count: int) -> None:
+def _warn_dropped(embeds: torch.Tensor, options: dict, count: int, family: BaseModelFamily) -> None:
     """Warn when the splice drops real prompt tokens (long first chunk) instead of padding."""
     used = options.get(PROMPT_TOKENS_KEY)
     if used is not None:
-        lost = max(0, int(used) - (CHUNK - 1 - count))
+        lost = dropped_prompt_tokens(int(used), count, family)
     else:
-        lost = count if embeds.shape[1] > CHUNK else 0
+        lost = count if embeds.shape[1] > family.chunk else 0
     if lost:
         LOG.warning(
             "UniID: the first 77-token chunk of the prompt is (nearly) full, so inserting %d identity tokens "

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import re
 
+from comfy_api.v0_0_2 import io, ui
+
 from uniid_core.identity import load_identity, save_identity
 
 from . import paths
-from .loaders import CATEGORY
+from .schema import CATEGORY, UniIDNode
+from .sockets import UNIID_IDENTITY
 
 
 def _safe_name(name: str) -> str:
@@ -18,40 +21,36 @@ def _safe_name(name: str) -> str:
     return f"{stem}.safetensors"
 
 
-class UniIDSaveIdentity:
+class UniIDSaveIdentity(UniIDNode):
     """Write an identity to identities/<name>.safetensors in the first configured uniid model folder."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "identity": ("UNIID_IDENTITY", {"tooltip": "The identity to keep"}),
-                "name": (
-                    "STRING",
-                    {
-                        "default": "identity",
-                        "tooltip": "File name; saved in identities/ of the first uniid model folder "
-                        "(models/uniid, or the first 'uniid:' folder of extra_model_paths.yaml)",
-                    },
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDSaveIdentity",
+            display_name="UniID Save Identity",
+            category=CATEGORY,
+            description="Saves a UniID identity (tokens + class word + weights fingerprint) as .safetensors.",
+            inputs=[
+                UNIID_IDENTITY.Input("identity", tooltip="The identity to keep"),
+                io.String.Input(
+                    "name",
+                    default="identity",
+                    tooltip="File name; saved in identities/ of the first uniid model folder (models/uniid, "
+                    "or the first 'uniid:' folder of extra_model_paths.yaml)",
                 ),
-                "overwrite": (
-                    "BOOLEAN",
-                    {
-                        "default": False,
-                        "tooltip": "Replace an existing file of that name instead of adding a number",
-                    },
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    tooltip="Replace an existing file of that name instead of adding a number",
                 ),
-            }
-        }
+            ],
+            outputs=[io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
 
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("path",)
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Saves a UniID identity (tokens + class word + weights fingerprint) as .safetensors."
-
-    def save(self, identity, name: str, overwrite: bool) -> dict:
+    @classmethod
+    def execute(cls, identity, name: str, overwrite: bool) -> io.NodeOutput:
         folder = paths.identity_dir()
         file_name = _safe_name(name)
         path = os.path.join(folder, file_name)
@@ -60,32 +59,34 @@ class UniIDSaveIdentity:
             path = os.path.join(folder, f"{file_name.removesuffix('.safetensors')}_{counter:03d}.safetensors")
             counter += 1
         save_identity(identity, path)
-        return {"ui": {"text": [path]}, "result": (path,)}
+        return io.NodeOutput(path, ui=ui.PreviewText(path))
 
 
-class UniIDLoadIdentity:
+class UniIDLoadIdentity(UniIDNode):
     """Read an identity saved by UniID Save Identity (identities/ of any uniid folder, or input/)."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "identity_file": (
-                    paths.identity_choices(),
-                    {
-                        "tooltip": "Saved identity: identities/ of every uniid model folder, then ComfyUI's "
-                        "input folder"
-                    },
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDLoadIdentity",
+            display_name="UniID Load Identity",
+            category=CATEGORY,
+            description="Loads a saved UniID identity.",
+            inputs=[
+                io.Combo.Input(
+                    "identity_file",
+                    options=paths.identity_choices(),
+                    tooltip="Saved identity: identities/ of every uniid model folder, then ComfyUI's input "
+                    "folder",
                 ),
-            }
-        }
+            ],
+            outputs=[
+                UNIID_IDENTITY.Output(display_name="identity"),
+                io.String.Output(display_name="class_word"),
+            ],
+        )
 
-    RETURN_TYPES = ("UNIID_IDENTITY", "STRING")
-    RETURN_NAMES = ("identity", "class_word")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads a saved UniID identity."
-
-    def load(self, identity_file: str) -> tuple:
+    @classmethod
+    def execute(cls, identity_file: str) -> io.NodeOutput:
         identity = load_identity(paths.resolve_identity(identity_file))
-        return (identity, identity.class_word)
+        return io.NodeOutput(identity, identity.class_word)

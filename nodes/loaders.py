@@ -2,178 +2,136 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import comfy.utils
 import torch
+from comfy_api.v0_0_2 import io
 
 from uniid_core.checkpoint import load_face_net, load_uniid
+from uniid_core.face.detect import face_backend_names
 from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE
+from uniid_core.face.providers import PROVIDERS
+from uniid_core.precision import DTYPES
 
 from . import paths
-from .bundle import DTYPES, UniIDWeights, managed
-
-CATEGORY = "UniID"
-DETECTOR_BACKENDS = ["insightface", "mtcnn", "pre-aligned"]
-PROVIDERS = ["CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO", "TensorRT"]
+from .schema import CATEGORY, UniIDNode
+from .sockets import UNIID, UNIID_FACE_DETECTOR, UNIID_FACE_NET, FaceDetectorSpec, FaceNet, UniIDWeights
 
 
-class UniIDLoader:
+class UniIDLoader(UniIDNode):
     """Load UniID weights (project .safetensors, official folder or pytorch_model.bin) from models/uniid."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "uniid_name": (
-                    paths.uniid_weight_choices(),
-                    {
-                        "tooltip": "UniID weights in models/uniid: a release folder as downloaded (ending "
-                        "in /; both branches, found by their contents), the single .safetensors, or one "
-                        "branch file (pytorch_model.bin / model.safetensors) on its own"
-                    },
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDLoader",
+            display_name="UniID Loader",
+            category=CATEGORY,
+            description="Loads the UniID text and adapter branches.",
+            inputs=[
+                io.Combo.Input(
+                    "uniid_name",
+                    options=paths.uniid_weight_choices(),
+                    tooltip="UniID weights in models/uniid: a release folder as downloaded (ending in /; "
+                    "both branches, found by their contents), the single .safetensors, or one branch file "
+                    "(pytorch_model.bin / model.safetensors) on its own",
                 ),
-                "dtype": (
-                    ["auto", "fp16", "bf16", "fp32"],
-                    {
-                        "tooltip": "Precision of the adapter projections used while sampling; auto follows "
-                        "the UNet's compute dtype when UniID is applied"
-                    },
+                io.Combo.Input(
+                    "dtype",
+                    options=["auto", *DTYPES],
+                    tooltip="Precision of the adapter projections used while sampling; auto follows the "
+                    "UNet's compute dtype when UniID is applied",
                 ),
-            }
-        }
+            ],
+            outputs=[UNIID.Output(display_name="uniid")],
+        )
 
-    RETURN_TYPES = ("UNIID",)
-    RETURN_NAMES = ("uniid",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads the UniID text and adapter branches."
-
-    def load(self, uniid_name: str, dtype: str) -> tuple[UniIDWeights]:
+    @classmethod
+    def execute(cls, uniid_name: str, dtype: str) -> io.NodeOutput:
         path = paths.resolve_uniid_weights(uniid_name)
         bar = comfy.utils.ProgressBar(2)
         with torch.inference_mode(False):
             model = load_uniid(path, dtype=DTYPES.get(dtype), device="cpu")
         model.eval().requires_grad_(False)
         bar.update(2)
-        return (UniIDWeights(model=model, source=uniid_name, dtype_choice=dtype),)
+        return io.NodeOutput(UniIDWeights(model=model, source=uniid_name, dtype_choice=dtype))
 
 
-@dataclass
-class FaceNet:
-    """The face-recognition net on the UNIID_FACE_NET socket (ComfyUI loads and offloads it)."""
-
-    net: object
-    source: str
-    _patcher: object = None
-
-    def patcher(self) -> object:
-        """The net's ModelPatcher, made once."""
-        if self._patcher is None:
-            self._patcher = managed(self.net)
-        return self._patcher
-
-
-class UniIDFaceNetLoader:
+class UniIDFaceNetLoader(UniIDNode):
     """Load the IResNet-100 face-recognition net (e.g. glint360k r100 backbone.pth)."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "face_net_name": (
-                    paths.face_net_choices(),
-                    {
-                        "tooltip": "IResNet-100 backbone (.pth, .safetensors or .bin) from models/uniid "
-                        "(also inside a release folder) or models/insightface"
-                    },
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDFaceNetLoader",
+            display_name="UniID Face Net Loader",
+            category=CATEGORY,
+            description="Loads the face-recognition network whose features feed UniID.",
+            inputs=[
+                io.Combo.Input(
+                    "face_net_name",
+                    options=paths.face_net_choices(),
+                    tooltip="IResNet-100 backbone (.pth, .safetensors or .bin) from models/uniid (also "
+                    "inside a release folder) or models/insightface",
                 ),
-            }
-        }
+            ],
+            outputs=[UNIID_FACE_NET.Output(display_name="face_net")],
+        )
 
-    RETURN_TYPES = ("UNIID_FACE_NET",)
-    RETURN_NAMES = ("face_net",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads the face-recognition network whose features feed UniID."
-
-    def load(self, face_net_name: str) -> tuple[FaceNet]:
+    @classmethod
+    def execute(cls, face_net_name: str) -> io.NodeOutput:
         net = load_face_net(paths.resolve_face_net(face_net_name), device="cpu")
-        return (FaceNet(net=net, source=face_net_name),)
+        return io.NodeOutput(FaceNet(net=net, source=face_net_name))
 
 
-@dataclass
-class FaceDetectorSpec:
-    """A face detector choice; the detector itself is built on first use and kept."""
-
-    backend: str
-    options: dict = field(default_factory=dict)
-    _detector: object = None
-
-    def get(self) -> object:
-        """The detector, built once (imports insightface / onnxruntime only here)."""
-        if self._detector is None:
-            from uniid_core.face.detect import make_detector
-
-            self._detector = make_detector(self.backend, **self.options)
-        return self._detector
-
-
-class UniIDFaceDetectorLoader:
+class UniIDFaceDetectorLoader(UniIDNode):
     """Choose the face detector: insightface (gender -> class word), mtcnn (offline) or pre-aligned crops."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "backend": (
-                    DETECTOR_BACKENDS,
-                    {
-                        "tooltip": "insightface: best, gives man/woman; mtcnn: no insightface needed; "
-                        "pre-aligned: the images already are 112x112 ArcFace crops"
-                    },
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDFaceDetectorLoader",
+            display_name="UniID Face Detector Loader",
+            category=CATEGORY,
+            description="Selects and configures the face detector used by UniID Encode Face.",
+            inputs=[
+                io.Combo.Input(
+                    "backend",
+                    options=face_backend_names(),
+                    tooltip="insightface: best, gives man/woman; mtcnn: no insightface needed; pre-aligned: "
+                    "the images already are 112x112 ArcFace crops",
                 ),
-                "provider": (PROVIDERS, {"tooltip": "onnxruntime accelerator for insightface / mtcnn"}),
-                "insightface_model": (
-                    paths.insightface_model_choices(),
-                    {
-                        "tooltip": "Model pack folder in models/insightface/models/; buffalo_l is the "
-                        "official choice"
-                    },
+                io.Combo.Input(
+                    "provider",
+                    options=list(PROVIDERS),
+                    tooltip="onnxruntime accelerator for insightface / mtcnn",
                 ),
-                "det_size": (
-                    "INT",
-                    {
-                        "default": DEFAULT_DET_SIZE,
-                        "min": 128,
-                        "max": 1280,
-                        "step": 32,
-                        "tooltip": "insightface detection size (official: 320; it moves the landmarks and "
-                        "so the identity); other sizes are tried only when no face is found",
-                    },
+                io.Combo.Input(
+                    "insightface_model",
+                    options=paths.insightface_model_choices(),
+                    tooltip="Model pack folder in models/insightface/models/; buffalo_l is the official "
+                    "choice",
                 ),
-            }
+                io.Int.Input(
+                    "det_size",
+                    default=DEFAULT_DET_SIZE,
+                    min=128,
+                    max=1280,
+                    step=32,
+                    tooltip="insightface detection size (official: 320; it moves the landmarks and so the "
+                    "identity); other sizes are tried only when no face is found",
+                ),
+            ],
+            outputs=[UNIID_FACE_DETECTOR.Output(display_name="face_detector")],
+        )
+
+    @classmethod
+    def execute(cls, backend: str, provider: str, insightface_model: str, det_size: int) -> io.NodeOutput:
+        settings = {
+            "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
+            "name": insightface_model,
+            "provider": provider,
+            "det_size": det_size,
         }
-
-    RETURN_TYPES = ("UNIID_FACE_DETECTOR",)
-    RETURN_NAMES = ("face_detector",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Selects and configures the face detector used by UniID Encode Face."
-
-    def load(
-        self, backend: str, provider: str, insightface_model: str, det_size: int
-    ) -> tuple[FaceDetectorSpec]:
-        options: dict = {}
-        if backend == "insightface":
-            options = {
-                "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
-                "name": insightface_model,
-                "provider": provider,
-                "det_size": det_size,
-            }
-        elif backend == "mtcnn":
-            options = {"engine": "auto"}
-        spec = FaceDetectorSpec(backend=backend, options=options)
+        spec = FaceDetectorSpec(backend=backend, settings=settings)
         spec.get()
-        return (spec,)
+        return io.NodeOutput(spec)

@@ -7,6 +7,7 @@ from functools import partial
 
 import comfy.samplers
 import torch
+from comfy_api.v0_0_2 import io
 
 from uniid_core.errors import UniIDError
 from uniid_core.official_schedule import (
@@ -17,8 +18,8 @@ from uniid_core.official_schedule import (
     official_sigmas,
 )
 
-from .loaders import CATEGORY
 from .patch import compute_dtype
+from .schema import CATEGORY, UniIDNode
 
 LOG = logging.getLogger("UniID")
 GENERATORS = ["cpu", "cuda"]
@@ -69,49 +70,42 @@ def register_ksampler_schedulers() -> bool:
     return True
 
 
-class UniIDOfficialSchedule:
+class UniIDOfficialSchedule(UniIDNode):
     """SIGMAS of the official sampler: diffusers' leading timesteps, steps_offset 1, float32."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": (
-                    "MODEL",
-                    {"tooltip": "The SDXL model; its beta schedule must be SDXL's scaled-linear one"},
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDOfficialSchedule",
+            display_name="UniID Official Schedule",
+            category=CATEGORY,
+            description="The official UniID script's sigmas (diffusers' leading spacing, steps_offset 1), "
+            "bit-identical to diffusers'. Use with SamplerCustomAdvanced and UniID Official Noise.",
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="The SDXL model; its beta schedule must be SDXL's scaled-linear one"
                 ),
-                "steps": (
-                    "INT",
-                    {
-                        "default": 30,
-                        "min": 1,
-                        "max": 1000,
-                        "tooltip": "Sampling steps (official: 30); UniID Apply's merge_step counts them",
-                    },
+                io.Int.Input(
+                    "steps",
+                    default=30,
+                    min=1,
+                    max=1000,
+                    tooltip="Sampling steps (official: 30); UniID Apply's merge_step counts them",
                 ),
-                "scheduler": (
-                    list(OFFICIAL_SCHEDULERS),
-                    {
-                        "tooltip": "euler: SDXL base's EulerDiscrete (last sigma 0). ddim: the DDIM "
-                        "scheduler RealVisXL V5.0 ships (last sigma 0.029, not 0); sample both with the "
-                        "euler sampler"
-                    },
+                io.Combo.Input(
+                    "scheduler",
+                    options=list(OFFICIAL_SCHEDULERS),
+                    tooltip="euler: SDXL base's EulerDiscrete (last sigma 0). ddim: the DDIM scheduler "
+                    "RealVisXL V5.0 ships (last sigma 0.029, not 0); sample both with the euler sampler",
                 ),
-            }
-        }
+            ],
+            outputs=[io.Sigmas.Output(display_name="sigmas")],
+        )
 
-    RETURN_TYPES = ("SIGMAS",)
-    RETURN_NAMES = ("sigmas",)
-    FUNCTION = "get_sigmas"
-    CATEGORY = CATEGORY
-    DESCRIPTION = (
-        "The official UniID script's sigmas (diffusers' leading spacing, steps_offset 1), bit-identical to "
-        "diffusers'. Use with SamplerCustomAdvanced and UniID Official Noise."
-    )
-
-    def get_sigmas(self, model, steps: int, scheduler: str) -> tuple[torch.Tensor]:
+    @classmethod
+    def execute(cls, model, steps: int, scheduler: str) -> io.NodeOutput:
         schedule = model_beta_schedule(model.get_model_object("model_sampling"))
-        return (official_sigmas(steps, scheduler, schedule),)
+        return io.NodeOutput(official_sigmas(steps, scheduler, schedule))
 
 
 class OfficialNoise:
@@ -130,52 +124,44 @@ class OfficialNoise:
         return (noise.to("cpu", torch.float64) * self.factor).to(latent.dtype)
 
 
-class UniIDOfficialNoise:
+class UniIDOfficialNoise(UniIDNode):
     """NOISE of the official script: seeded noise whose first latent is sqrt(1 + sigma_0^2) times it."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": (
-                    "MODEL",
-                    {"tooltip": "The model being sampled: gives sigma_max and, for cuda, the noise dtype"},
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniIDOfficialNoise",
+            display_name="UniID Official Noise",
+            category=CATEGORY,
+            description="The official UniID script's first noise for SamplerCustomAdvanced: diffusers scales "
+            "it by sqrt(1 + sigma_0^2) where ComfyUI uses sigma_0; this node makes up the difference.",
+            inputs=[
+                io.Model.Input(
+                    "model", tooltip="The model being sampled: gives sigma_max and, for cuda, the noise dtype"
                 ),
-                "sigmas": (
-                    "SIGMAS",
-                    {"tooltip": "The sigmas the sampler will use (from UniID Official Schedule)"},
+                io.Sigmas.Input(
+                    "sigmas", tooltip="The sigmas the sampler will use (from UniID Official Schedule)"
                 ),
-                "noise_seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        "control_after_generate": True,
-                        "tooltip": "Seed of the noise generator (the official script's seed)",
-                    },
+                io.Int.Input(
+                    "noise_seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Seed of the noise generator (the official script's seed)",
                 ),
-                "generator": (
-                    GENERATORS,
-                    {
-                        "tooltip": "cpu: float32 on the CPU (any machine; the values ComfyUI draws). cuda: "
-                        "a CUDA generator in the model's dtype, as inference.py draws it (needs an NVIDIA "
-                        "GPU)"
-                    },
+                io.Combo.Input(
+                    "generator",
+                    options=GENERATORS,
+                    tooltip="cpu: float32 on the CPU (any machine; the values ComfyUI draws). cuda: a CUDA "
+                    "generator in the model's dtype, as inference.py draws it (needs an NVIDIA GPU)",
                 ),
-            }
-        }
+            ],
+            outputs=[io.Noise.Output(display_name="noise")],
+        )
 
-    RETURN_TYPES = ("NOISE",)
-    RETURN_NAMES = ("noise",)
-    FUNCTION = "get_noise"
-    CATEGORY = CATEGORY
-    DESCRIPTION = (
-        "The official UniID script's first noise for SamplerCustomAdvanced: diffusers scales it by "
-        "sqrt(1 + sigma_0^2) where ComfyUI uses sigma_0; this node makes up the difference."
-    )
-
-    def get_noise(self, model, sigmas: torch.Tensor, noise_seed: int, generator: str) -> tuple[OfficialNoise]:
+    @classmethod
+    def execute(cls, model, sigmas: torch.Tensor, noise_seed: int, generator: str) -> io.NodeOutput:
         if generator not in GENERATORS:
             raise UniIDError(f"generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
         dtype = torch.float32
@@ -187,4 +173,6 @@ class UniIDOfficialNoise:
                 )
             dtype = compute_dtype(model.model)
         sigma_max = float(model.get_model_object("model_sampling").sigma_max)
-        return (OfficialNoise(noise_seed, generator, dtype, noise_prescale(sigmas.cpu(), sigma_max)),)
+        return io.NodeOutput(
+            OfficialNoise(noise_seed, generator, dtype, noise_prescale(sigmas.cpu(), sigma_max))
+        )

@@ -449,7 +449,7 @@ WRAPPERS = (
 )
 
 
-def install(model_patcher, state: UniIDState, layers: list) -> None:
+def install_patch(model_patcher, state: UniIDState, layers: list) -> None:
     """Register the wrappers and one replace patch per layer on ``model_patcher`` (a clone), composing.
 
     The state's slot is the number of UniID Applies already on the model, so a stacked Apply finds its

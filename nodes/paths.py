@@ -9,11 +9,11 @@ import folder_paths
 from uniid_core.anchor import BUILTIN_NAMES
 from uniid_core.checkpoint import is_uniid_file
 from uniid_core.errors import CheckpointError
+from uniid_core.face.insightface_backend import OFFICIAL_PACK, REQUIRED_FILES
 from uniid_core.release import (
-    KIND_ADAPTER,
-    KIND_BOTH,
     KIND_FACE_NET,
-    KIND_TEXT,
+    UNIID_KINDS,
+    WEIGHT_SUFFIXES,
     classify_file,
     holds_uniid,
     is_weights_name,
@@ -23,12 +23,9 @@ UNIID_FOLDER = "uniid"
 INSIGHTFACE_FOLDER = "insightface"
 IDENTITY_SUBDIR = "identities"
 NAMES_SUBDIR = "names"
-WEIGHT_EXTENSIONS = {".safetensors", ".bin", ".pth", ".pt"}
+WEIGHT_EXTENSIONS = set(WEIGHT_SUFFIXES)
 UNIID_EXTENSIONS = {".safetensors", ".bin"}
-FACE_NET_EXTENSIONS = {".pth", ".pt", ".safetensors", ".bin"}
 OFFICIAL_DIR_SUFFIX = "/"
-DEFAULT_INSIGHTFACE_PACK = "buffalo_l"
-UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
 
 
 def _register(name: str, extensions: set[str]) -> None:
@@ -108,7 +105,7 @@ def face_net_choices() -> list[str]:
     for folder in (UNIID_FOLDER, INSIGHTFACE_FOLDER):
         for name in folder_paths.get_filename_list(folder):
             if (
-                os.path.splitext(name)[1].lower() in FACE_NET_EXTENSIONS
+                os.path.splitext(name)[1].lower() in WEIGHT_EXTENSIONS
                 and _listable(name)
                 and is_weights_name(name)
                 and _has_content(folder, name)
@@ -127,8 +124,8 @@ def insightface_model_choices() -> list[str]:
                 names.update(
                     d for d in os.listdir(folder) if d != "models" and os.path.isdir(os.path.join(folder, d))
                 )
-    found = sorted(names, key=lambda name: (name != DEFAULT_INSIGHTFACE_PACK, name))
-    return found or [DEFAULT_INSIGHTFACE_PACK, "antelopev2"]
+    found = sorted(names, key=lambda name: (name != OFFICIAL_PACK, name))
+    return found or list(REQUIRED_FILES)
 
 
 def _missing(folder: str, name: str) -> CheckpointError:

@@ -260,7 +260,7 @@ def advanced_schedule(schema: dict) -> dict:
     return g.to_json("advanced_schedule")
 
 
-def save_identity(schema: dict) -> dict:
+def save_identity_workflow(schema: dict) -> dict:
     """Encode a photo once, save the identity, and generate with it in the same run."""
     g = Graph(schema)
     c = Common(g)
@@ -274,7 +274,7 @@ def save_identity(schema: dict) -> dict:
     return g.to_json("save_identity")
 
 
-def load_identity(schema: dict) -> dict:
+def load_identity_workflow(schema: dict) -> dict:
     """Generate from a saved identity: no photo, face net or face detector."""
     g = Graph(schema)
     c = Common(g, faces=False)
@@ -376,8 +376,8 @@ WORKFLOWS = {
     "uniid_basic.json": basic,
     "uniid_multi_reference.json": multi_reference,
     "uniid_advanced_schedule.json": advanced_schedule,
-    "uniid_save_identity.json": save_identity,
-    "uniid_load_identity.json": load_identity,
+    "uniid_save_identity.json": save_identity_workflow,
+    "uniid_load_identity.json": load_identity_workflow,
     "uniid_two_people_masks.json": two_people_masks,
     "uniid_official_settings.json": official_settings,
 }

@@ -30,10 +30,10 @@ def _official_detector(insightface_root: str) -> tuple[str, str]:
     if importlib.util.find_spec("insightface") is None:
         return "mtcnn", "insightface is not installed (pip install insightface for the official detector)"
     from uniid_core.errors import FaceDetectionError
-    from uniid_core.face.insightface_backend import check_model_folder
+    from uniid_core.face.insightface_backend import OFFICIAL_PACK, check_model_folder
 
     try:
-        check_model_folder(insightface_root, "buffalo_l")
+        check_model_folder(insightface_root, OFFICIAL_PACK)
     except FaceDetectionError as exc:
         return "mtcnn", f"the official buffalo_l pack is not usable: {exc}"
     return "insightface", "insightface buffalo_l at det size 320, as the official code"

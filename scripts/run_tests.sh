@@ -9,7 +9,7 @@
 #   TORCH_SPEC        torch to install when the venv has none (default: torch==2.13.0, the CPU wheel);
 #                     a CUDA build is fine too: the tests run on the CPU either way
 #   PYTHON            interpreter that creates a new venv (default: python3)
-#   COMFYUI_PATH      a ComfyUI 0.3.64+ folder: its tests run too (they skip without it)
+#   COMFYUI_PATH      a ComfyUI 0.3.60+ folder: its tests run too (they skip without it)
 set -euo pipefail
 
 case "${1:-}" in

@@ -84,24 +84,17 @@ def _tiny_sdxl(out: Path, tokenizer_dir: Path) -> None:
     pipe.save_pretrained(out)
 
 
-def _attn2_widths(unet: torch.nn.Module) -> dict[int, int]:
-    widths = {}
-    for index, name in enumerate(unet.attn_processors):
-        if name.endswith("attn2.processor"):
-            widths[index] = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
-    return widths
-
-
 def _uniid(out: Path, base: Path) -> None:
     from diffusers import UNet2DConditionModel
 
     from uniid_core.checkpoint import save_uniid
+    from uniid_core.family import diffusers_layer_widths
     from uniid_core.models.uniid import UniIDConfig, UniIDModel
 
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     config = UniIDConfig(num_text_tokens=3, num_adapter_tokens=4, adapter_hidden_dim=64,
                          text_widths=TEXT_WIDTHS, context_dim=sum(TEXT_WIDTHS),
-                         layer_widths=_attn2_widths(unet))
+                         layer_widths=diffusers_layer_widths(unet))
     model = UniIDModel(config)
     with torch.no_grad():
         torch.nn.init.normal_(model.adapter_branch.adapter_resampler.proj_out.weight, std=0.05)
@@ -109,7 +102,7 @@ def _uniid(out: Path, base: Path) -> None:
     save_uniid(model.eval(), out)
 
 
-def _face_net(out: Path) -> None:
+def _write_face_net(out: Path) -> None:
     from safetensors.torch import save_file
 
     from uniid_core.models.iresnet import iresnet100
@@ -136,7 +129,7 @@ def build(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     np.random.seed(seed)
     _tiny_sdxl(paths["base"], write_tokenizer_files(out_dir / "tokenizer_src"))
     _uniid(paths["uniid"], paths["base"])
-    _face_net(paths["face_net"])
+    _write_face_net(paths["face_net"])
     (out_dir / MARKER).write_text("Random stand-in weights (scripts/standin_weights.py), not a real model.\n")
     return paths
 

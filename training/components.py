@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from training.config import TrainConfig
 from uniid_core.errors import CheckpointError, UniIDError
+from uniid_core.family import diffusers_cross_attn, diffusers_layer_widths
 from uniid_core.models.iresnet import FaceFeatures
 from uniid_core.models.uniid import UniIDConfig, UniIDModel
 from uniid_core.splice import splice_text_tokens
@@ -46,23 +48,6 @@ def load_base(base: str) -> BaseModels:
         module.requires_grad_(False)
         module.eval()
     return models
-
-
-def attn2_layer_widths(unet: nn.Module) -> dict[int, int]:
-    """Official processor index (position in unet.attn_processors) -> width of every cross-attention layer."""
-    widths = {}
-    for index, name in enumerate(unet.attn_processors):
-        if name.endswith("attn2.processor"):
-            widths[index] = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
-    if not widths:
-        raise UniIDError("this UNet has no cross-attention (attn2) layers; UniID needs an SDXL-style UNet")
-    return widths
-
-
-def attn2_modules(unet: nn.Module) -> list[nn.Module]:
-    """The cross-attention modules in unet.attn_processors order."""
-    names = [n.removesuffix(".processor") for n in unet.attn_processors if n.endswith("attn2.processor")]
-    return [unet.get_submodule(n) for n in names]
 
 
 @torch.no_grad()
@@ -140,25 +125,27 @@ def mask_features(features: FaceFeatures, keep: Tensor) -> FaceFeatures:
     return FaceFeatures(apply(features.embedding), tuple(apply(h) for h in features.hidden_states))
 
 
-def build_uniid(
-    cfg: TrainConfig, unet: nn.Module, text_widths: tuple[int, int], context_dim: int
-) -> UniIDModel:
-    """The model of one stage: only its branch, initialised like the official script (or from init_from)."""
+def build_stage_model(cfg: TrainConfig, unet: nn.Module, text_encoders: Sequence[Any]) -> UniIDModel:
+    """The model of one stage: only its branch, initialised like the official script (or from init_from).
+
+    Its sizes come from the base model: the text towers' widths, the UNet's context width and its
+    cross-attention layers.
+    """
     text = cfg.stage == "text"
     if text:
         config = UniIDConfig(
             num_text_tokens=cfg.num_text_tokens,
             num_adapter_tokens=None,
             adapter_hidden_dim=None,
-            text_widths=tuple(text_widths),
+            text_widths=tuple(int(e.config.hidden_size) for e in text_encoders),
         )
     else:
         config = UniIDConfig(
             num_text_tokens=None,
             num_adapter_tokens=cfg.num_adapter_tokens,
             adapter_hidden_dim=cfg.adapter_hidden_dim,
-            context_dim=context_dim,
-            layer_widths=attn2_layer_widths(unet),
+            context_dim=int(unet.config.cross_attention_dim),
+            layer_widths=diffusers_layer_widths(unet),
         )
     model = UniIDModel(config)
     if cfg.init_from:
@@ -172,7 +159,8 @@ def _init_adapter(model: UniIDModel, unet: nn.Module) -> None:
     """to_k_ip/to_v_ip copied from each attn2's to_k/to_v; the resampler's proj_out zero-initialised."""
     branch = model.adapter_branch
     with torch.no_grad():
-        for (k_ip, v_ip), attn in zip(branch.ip_weights(), attn2_modules(unet), strict=True):
+        layers = diffusers_cross_attn(unet)
+        for (k_ip, v_ip), (_, _, attn) in zip(branch.ip_weights(), layers, strict=True):
             k_ip.copy_(attn.to_k.weight)
             v_ip.copy_(attn.to_v.weight)
         nn.init.zeros_(branch.adapter_resampler.proj_out.weight)

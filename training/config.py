@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from uniid_core.errors import UniIDError
+from uniid_core.models.uniid import RELEASED_ADAPTER_HIDDEN_DIM, RELEASED_ADAPTER_TOKENS, RELEASED_TEXT_TOKENS
 
 STAGES = ("text", "adapter")
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -29,9 +30,9 @@ class TrainConfig:
     dataset: str = ""
     output_dir: str = "uniid-training"
 
-    num_text_tokens: int = 3
-    num_adapter_tokens: int = 25
-    adapter_hidden_dim: int = 768
+    num_text_tokens: int = RELEASED_TEXT_TOKENS
+    num_adapter_tokens: int = RELEASED_ADAPTER_TOKENS
+    adapter_hidden_dim: int = RELEASED_ADAPTER_HIDDEN_DIM
     init_from: str | None = None
 
     resolution: int = 512

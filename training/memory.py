@@ -18,56 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.components import UniIDTrainingModule, build_uniid
+from training.components import UniIDTrainingModule, build_stage_model
 from training.config import TrainConfig
 from uniid_core.diffusers_processor import install_uniid_processors
+from uniid_core.family import SDXL
 
 GIB = 2**30
-# SDXL base 1.0 shapes (its unet/vae/text_encoder/text_encoder_2 config.json files).
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    attention_head_dim=(5, 10, 20),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    use_linear_projection=True,
-)
-SDXL_VAE = dict(
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    sample_size=1024,
-    scaling_factor=0.13025,
-    force_upcast=True,
-)
-SDXL_TEXT = (
-    dict(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        hidden_act="quick_gelu",
-    ),
-    dict(
-        hidden_size=1280,
-        intermediate_size=5120,
-        num_hidden_layers=32,
-        num_attention_heads=20,
-        hidden_act="gelu",
-    ),
-)
-
-
 @dataclass
 class FrozenModels:
     """The frozen models of a run (weightless on the meta device for the arithmetic)."""
@@ -92,9 +48,8 @@ def build_meta_models(base: str | None = None) -> FrozenModels:
             CLIPTextConfig.from_pretrained(base, subfolder=f) for f in ("text_encoder", "text_encoder_2")
         ]
     else:
-        unet_config, vae_config = SDXL_UNET, SDXL_VAE
-        common = dict(vocab_size=49408, max_position_embeddings=77)
-        text_configs = [CLIPTextConfig(projection_dim=t["hidden_size"], **common, **t) for t in SDXL_TEXT]
+        unet_config, vae_config = SDXL.unet_config(), SDXL.reference_vae
+        text_configs = [CLIPTextConfig(**tower) for tower in SDXL.text_configs()]
     with torch.device("meta"):
         models = FrozenModels(
             unet=UNet2DConditionModel.from_config(unet_config),
@@ -162,12 +117,11 @@ def activation_bytes(
 ) -> dict[str, int]:
     """Saved-for-backward bytes of one training forward pass at `batch` (on meta: no memory is used)."""
     cfg = TrainConfig(stage=stage)
-    widths = tuple(e.config.hidden_size for e in models.text_encoders)
     unet = models.unet
     if next(unet.parameters()).dtype != dtype:
         unet.to(dtype)
     with torch.device(device):
-        uniid = build_uniid(cfg, unet, widths, unet.config.cross_attention_dim).to(dtype)
+        uniid = build_stage_model(cfg, unet, models.text_encoders).to(dtype)
     if stage == "adapter":
         install_uniid_processors(unet, uniid, rescale="add", scale=1.0)
     module = UniIDTrainingModule(uniid, unet, stage)
@@ -181,8 +135,8 @@ def activation_bytes(
         return module(
             torch.zeros(batch, 4, side, side, **meta),
             torch.zeros(batch, dtype=torch.long, device=device),
-            torch.zeros(batch, 77, unet.config.cross_attention_dim, **meta),
-            torch.zeros(batch, widths[1], **meta),
+            torch.zeros(batch, SDXL.chunk, unet.config.cross_attention_dim, **meta),
+            torch.zeros(batch, models.text_encoders[1].config.hidden_size, **meta),
             torch.zeros(batch, 6, **meta),
             features,
         )

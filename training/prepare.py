@@ -39,13 +39,15 @@ from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.errors import FaceDetectionError, UniIDError
 from uniid_core.face.align import align_face
 from uniid_core.face.class_word import class_word_from_gender
-from uniid_core.face.detect import DetectedFace, FaceDetector, make_detector
+from uniid_core.face.detect import DetectedFace, FaceDetector, face_backend_names, make_detector
 from uniid_core.face.image import load_image
+from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE, DEFAULT_ROOT, OFFICIAL_PACK
 from uniid_core.face.prealigned import PreAlignedDetector
+from uniid_core.face.providers import PROVIDERS
+from uniid_core.face.references import SELECT_MODES
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list", ".tsv"}
-DETECTORS = ("insightface", "mtcnn", "pre-aligned")
 INTERRUPTED = 130
 
 
@@ -115,14 +117,14 @@ class LatentEncoder:
 
 def build_detector(args: argparse.Namespace, threads: int | None = None) -> FaceDetector:
     """The face detector the options ask for (`threads` caps MTCNN's onnxruntime threads per worker)."""
-    options: dict[str, Any] = {}
-    if args.detector == "insightface":
-        options = {"provider": args.detector_provider, "det_size": args.det_size, "name": args.detector_name}
-        if args.detector_root:
-            options["root"] = args.detector_root
-    elif args.detector == "mtcnn" and threads:
-        options = {"threads": threads}
-    return make_detector(args.detector, **options)
+    return make_detector(
+        args.detector,
+        root=args.detector_root or None,
+        name=args.detector_name,
+        provider=args.detector_provider,
+        det_size=args.det_size,
+        threads=threads,
+    )
 
 
 def process_image(
@@ -372,29 +374,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="dataset folder (created; re-running resumes)")
     parser.add_argument(
         "--detector",
-        choices=DETECTORS,
+        choices=face_backend_names(),
         default="insightface",
         help="insightface (official; gives man/woman), mtcnn (ships with the pack), pre-aligned",
     )
     parser.add_argument(
-        "--detector-root", default=None, help="insightface model root (default ~/.insightface)"
+        "--detector-root", default=None, help=f"insightface model root (default {DEFAULT_ROOT})"
     )
     parser.add_argument(
-        "--detector-name", default="buffalo_l", help="insightface model pack (official: buffalo_l)"
+        "--detector-name", default=OFFICIAL_PACK, help=f"insightface model pack (official: {OFFICIAL_PACK})"
     )
     parser.add_argument(
         "--detector-provider",
         default="CPU",
-        help="onnxruntime provider for insightface: CPU, CUDA, TensorRT, ROCm, CoreML, DirectML, OpenVINO",
+        help=f"onnxruntime provider for insightface: {', '.join(PROVIDERS)}",
     )
     parser.add_argument(
         "--det-size",
         type=int,
-        default=320,
+        default=DEFAULT_DET_SIZE,
         help="insightface detection size (official: 320); smaller sizes are tried when no face is found",
     )
     parser.add_argument(
-        "--select", choices=("largest", "score"), default="largest", help="which face to keep"
+        "--select", choices=SELECT_MODES, default=SELECT_MODES[0], help="which face to keep"
     )
     parser.add_argument("--class-word", default=None, help="use this class word for every image")
     parser.add_argument(

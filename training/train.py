@@ -41,7 +41,7 @@ from training.components import (
     BaseModels,
     PromptCache,
     UniIDTrainingModule,
-    build_uniid,
+    build_stage_model,
     draw_feature_dropout,
     load_base,
     mask_features,
@@ -154,8 +154,8 @@ class Trainer:
             face_net = load_face_net(cfg.face_net, dtype=self.weight_dtype, device=self.device)
         self.face_net = face_net.to(self.device, self.weight_dtype).eval().requires_grad_(False)
 
-        widths = (base.text_encoder.config.hidden_size, base.text_encoder_2.config.hidden_size)
-        self.uniid = build_uniid(cfg, base.unet, widths, base.unet.config.cross_attention_dim).to(self.device)
+        encoders = (base.text_encoder, base.text_encoder_2)
+        self.uniid = build_stage_model(cfg, base.unet, encoders).to(self.device)
         if cfg.stage == "adapter":
             install_uniid_processors(base.unet, self.uniid, rescale="add", scale=1.0)
         if cfg.gradient_checkpointing:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from training.data import faces_uint8_to_input
-from uniid_core.pipeline import GenerationSettings, UniIDPipeline
+from uniid_core.diffusers_pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.schedule import MergeSchedule
 
 if TYPE_CHECKING:

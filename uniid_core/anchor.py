@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import UniIDError
+from .family import SDXL
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OFFICIAL_NAMES_PATH = DATA_DIR / "wiki_names_v2.txt"
@@ -25,7 +26,6 @@ PROJECT_NAMES_PATH = DATA_DIR / "celebrity_names.txt"
 DEFAULT_NAMES_PATH = OFFICIAL_NAMES_PATH
 BUILTIN_NAMES = {"official": OFFICIAL_NAMES_PATH, "uniid_project": PROJECT_NAMES_PATH}
 """Names lists shipped with the project: the official one (default) and the project's own."""
-CONTEXT_LENGTH = 77
 
 
 @runtime_checkable
@@ -52,7 +52,7 @@ class TextAnchor:
 
     norms_l: Tensor
     norms_g: Tensor
-    widths: tuple[int, int] = (768, 1280)
+    widths: tuple[int, int] = SDXL.text_widths
 
     @property
     def num_tokens(self) -> int:
@@ -104,13 +104,14 @@ def column_means(tower: AnchorTower, names: Sequence[str], num_tokens: int) -> T
 def anchor_hidden(tower: AnchorTower, means: Tensor) -> Tensor:
     """Penultimate hidden states at positions 1..N for [BOS, means, EOS, PAD...] (N, d)."""
     n = means.shape[0]
-    if n + 2 > CONTEXT_LENGTH:
-        raise UniIDError(f"{n} identity tokens do not fit a {CONTEXT_LENGTH}-token CLIP context")
+    length = SDXL.chunk
+    if n + 2 > length:
+        raise UniIDError(f"{n} identity tokens do not fit a {length}-token CLIP context")
     table = tower.token_embedding
     ids = torch.tensor([tower.bos_id, tower.eos_id, tower.pad_id], device=table.device)
     bos, eos, pad = table[ids].unbind(0)
     seq = torch.cat(
-        [bos[None], means.to(table.dtype), eos[None], pad[None].expand(CONTEXT_LENGTH - n - 2, -1)], dim=0
+        [bos[None], means.to(table.dtype), eos[None], pad[None].expand(length - n - 2, -1)], dim=0
     )
     with torch.no_grad():
         hidden = tower.penultimate(seq.unsqueeze(0))
@@ -205,11 +206,11 @@ class _TransformersTower:
 
 
 def transformers_tower(text_encoder: Any, tokenizer: Any, pad_id: int) -> AnchorTower:
-    """AnchorTower for a transformers CLIP text encoder + CLIPTokenizer (pad 49407 tower 1, 0 tower 2)."""
+    """AnchorTower for a transformers CLIP text encoder + CLIPTokenizer (``pad_id``: the family's pad_ids)."""
     return _TransformersTower(text_encoder=text_encoder, tokenizer=tokenizer, pad_id=int(pad_id))
 
 
-def weights_fingerprint(modules: Sequence[Any]) -> str:
+def text_encoder_fingerprint(modules: Sequence[Any]) -> str:
     """Cheap identity of text-encoder weights: shapes plus a strided sample of a few tensors' values."""
     digest = hashlib.sha256()
     for module in modules:
@@ -242,7 +243,7 @@ class AnchorCache:
         encoders can pass their own stable fingerprint.
         """
         if fingerprint is None:
-            fingerprint = weights_fingerprint(
+            fingerprint = text_encoder_fingerprint(
                 [getattr(tower, "text_encoder", tower.token_embedding) for tower in towers]
             )
         key = (fingerprint, names_digest(names), int(num_tokens))

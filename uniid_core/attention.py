@@ -30,7 +30,6 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
-RESCALERS: dict[str, Rescaler] = {}
 
 
 def register_rescaler(name: str, fn: Rescaler, *, any_layout: bool = False) -> None:
@@ -44,7 +43,6 @@ def register_rescaler(name: str, fn: Rescaler, *, any_layout: bool = False) -> N
     if not callable(fn):
         raise UniIDError(f"rescaler {name!r} must be callable")
     _REGISTRY[name] = _Entry(fn, any_layout)
-    RESCALERS[name] = fn
 
 
 def unregister_rescaler(name: str) -> None:
@@ -52,7 +50,12 @@ def unregister_rescaler(name: str) -> None:
     if name in BUILTIN_RESCALERS:
         raise UniIDError(f"the built-in rescaler {name!r} cannot be removed")
     _REGISTRY.pop(name, None)
-    RESCALERS.pop(name, None)
+
+
+def rescaler_names() -> list[str]:
+    """Registered rescalers: the official "normalized" first, then the others by name."""
+    official = BUILTIN_RESCALERS[0]
+    return [official, *sorted(name for name in _REGISTRY if name != official)]
 
 
 def get_rescaler(name: str) -> Rescaler:

@@ -1,111 +1,49 @@
 """Load and save UniID weights: the official two-folder layout, the project's single file, the face net.
 
-Every reader is safe (safetensors, or ``torch.load(weights_only=True)``), every writer is atomic (temp
-file in the target folder, then ``os.replace``), and every failure says what the file was and what to do.
+Files are read safely and written atomically (uniid_core.weights_file); their tensor names say what they
+hold (uniid_core.weights_keys); every failure says what the file was and what to do.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import secrets
-import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .family import SDXL, get_family
 from .models.iresnet import IRESNET100_BLOCKS, FaceRecognitionNet
 from .models.uniid import UniIDConfig, UniIDModel, weights_fingerprint
+from .precision import dtype_label
+from .release import scan_release
+from .weights_file import atomic_write, read_tensors
+from .weights_keys import (
+    ADAPTER_PREFIX,
+    TEXT_PREFIX,
+    add_branch_prefixes,
+    foreign_kind,
+    is_face_net_keys,
+    is_uniid_keys,
+    strip_wrappers,
+)
 
 FORMAT = "uniid"
 FORMAT_VERSION = 1
-TEXT_PREFIX = "text_branch."
-ADAPTER_PREFIX = "adapter_branch."
 OFFICIAL_FILES = ("pytorch_model.bin", "model.safetensors")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_TEXT_BARE = ("proj_1.", "proj_2.", "norm_1.", "norm_2.", "text_resampler_1.", "text_resampler_2.")
-_ADAPTER_BARE = ("latents", "adapter_resampler.", "adapter_modules.")
-_FACE_NET_KEYS = ("conv1.weight", "layer1.0.conv1.weight", "fc.weight", "features.running_var")
 _SHOWN = 3  # keys shown per problem list
-
-_OWN_WEIGHTS = "UniID needs its own text_branch/adapter_branch weights (the official UniID release)"
-# (key prefixes, what the file is, what to do instead)
-_FOREIGN_KINDS = (
-    (("image_proj.", "ip_adapter."), "an IP-Adapter / InstantID checkpoint", _OWN_WEIGHTS),
-    (("id_adapter.", "id_adapter_attn_layers.", "pulid_"), "a PuLID checkpoint", _OWN_WEIGHTS),
-    (("id_encoder.",), "a PhotoMaker checkpoint", _OWN_WEIGHTS),
-    (
-        ("model.diffusion_model.", "conditioner.", "down_blocks.", "first_stage_model."),
-        "a Stable Diffusion model checkpoint",
-        "load it as the base model, and give UniID its own weights",
-    ),
-    (("lora_unet_", "lora_te"), "a LoRA", "load it with a LoRA loader, not as UniID weights"),
-)
-
-
-def _new_temp_file(folder: Path, name: str) -> tuple[Path, int]:
-    """Create an empty hidden temp file beside the target; returns it and the mode a plain
-    ``open(..., "w")`` gives (0666 minus the umask), which the finished file must have."""
-    while True:
-        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp, tmp.stat().st_mode & 0o777
-        except FileExistsError:
-            continue
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` on a temp file beside ``path``, then rename it to ``path``; no debris on failure.
-
-    The file gets the permissions a plain write would (umask honoured, readable by another user such as
-    ComfyUI's). A failed write raises CheckpointError naming ``path`` (never the temp file) and the reason.
-    """
-    target = Path(path)
-    tmp: Path | None = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp, mode = _new_temp_file(target.parent, target.name)
-        write(str(tmp))
-        os.chmod(tmp, mode)  # writers that replace the file (safetensors) leave it 0600
-        os.replace(tmp, target)
-    except (OSError, SafetensorError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        if tmp is not None:
-            reason = reason.replace(str(tmp), str(target))
-        raise CheckpointError(
-            f"could not write {target}: {reason}; check the folder's free space and permissions"
-        ) from exc
-    finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
 
 
 def _brief(keys: Iterable[str]) -> str:
     keys = sorted(keys)
     more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
     return ", ".join(keys[:_SHOWN]) + more
-
-
-def _sniff(path: Path) -> str:
-    """'safetensors', 'torch' or 'unknown', from the first bytes (the suffix is not trusted)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head[:4] == b"PK\x03\x04":  # torch.save zip archive
-        return "torch"
-    if head[8:9] == b"{":  # safetensors: little-endian u64 header length, then the JSON header
-        header_len = int.from_bytes(head[:8], "little")
-        return "safetensors" if 0 < header_len <= path.stat().st_size - 8 else "truncated-safetensors"
-    if head[:1] == b"\x80":  # legacy torch.save pickle
-        return "torch"
-    return "unknown"
 
 
 def is_uniid_file(path: str | os.PathLike) -> bool:
@@ -119,111 +57,15 @@ def is_uniid_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def _flatten(obj: Mapping, prefix: str = "") -> dict[str, Tensor]:
-    """Nested dicts of tensors -> flat dotted keys; non-tensor leaves (step counters, args) are dropped."""
-    flat: dict[str, Tensor] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Tensor):
-            flat[name] = value
-        elif isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-    return flat
-
-
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a weights file; give the weights file inside it")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; check the path (or download the weights first)")
-    if path.suffix.lower() == ".onnx":
-        raise CheckpointError(f"{path}: ONNX is not supported; use the PyTorch weights (.pth/.safetensors)")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: the file is empty (an interrupted download?); download it again")
-    kind = _sniff(path)
-    broken = f"{path} ({size} bytes) could not be read as weights: it is truncated or not a weights file"
-    if kind == "truncated-safetensors":
-        raise CheckpointError(f"{broken} (the safetensors header is cut off); download or convert it again")
-    if kind == "safetensors":
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # the Rust reader raises SafetensorError for every kind of damage
-            raise CheckpointError(f"{broken} ({exc}); download or convert it again") from exc
-        return tensors, metadata
-    if kind == "unknown":
-        raise CheckpointError(f"{broken} (neither safetensors nor a PyTorch file); check the path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors; it is refused because only weights-only "
-                "loading is safe. Re-save it as a plain state dict or .safetensors"
-            ) from exc
-        raise CheckpointError(f"{broken} ({exc}); download it again") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{broken} ({exc}); download it again") from exc
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
-    return _flatten(obj), {}
-
-
-def _strip_wrappers(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Remove multi-GPU/compile prefixes (``module.``, ``_orig_mod.``) and a shared ``state_dict.`` level."""
-    out = {}
-    for key, value in tensors.items():
-        while key.startswith(_WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    for level in ("state_dict.", "model_state_dict."):
-        if out and all(k.startswith(level) for k in out):
-            out = {k[len(level):]: v for k, v in out.items()}
-    return out
-
-
-def _foreign_kind(keys: Iterable[str]) -> tuple[str, str] | None:
-    """(what the file is, what to do) when the keys belong to another known kind of checkpoint."""
-    keys = list(keys)
-    for prefixes, kind, hint in _FOREIGN_KINDS:
-        if any(k.startswith(prefixes) for k in keys):
-            return kind, hint
-    return None
-
-
-def _is_face_net(keys: Iterable[str]) -> bool:
-    return set(_FACE_NET_KEYS) <= set(keys)
-
-
-def _is_uniid(keys: Iterable[str]) -> bool:
-    return any(k.startswith((TEXT_PREFIX, ADAPTER_PREFIX, *_TEXT_BARE, *_ADAPTER_BARE)) for k in keys)
-
-
-def _add_branch_prefixes(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Give bare branch keys (a branch saved on its own) their ``text_branch.``/``adapter_branch.`` prefix."""
-    out = {}
-    for key, value in tensors.items():
-        if key.startswith(_TEXT_BARE):
-            key = TEXT_PREFIX + key
-        elif key.startswith(_ADAPTER_BARE):
-            key = ADAPTER_PREFIX + key
-        out[key] = value
-    return out
-
-
 def _uniid_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read a file and normalise it to UniID keys, refusing other kinds of checkpoints clearly."""
     tensors, metadata = read_tensors(path)
-    tensors = _strip_wrappers(tensors)
-    if not _is_uniid(tensors):
-        foreign = _foreign_kind(tensors)
+    tensors = strip_wrappers(tensors)
+    if not is_uniid_keys(tensors):
+        foreign = foreign_kind(tensors)
         if foreign:
             raise CheckpointError(f"{path} is {foreign[0]}, not UniID weights: {foreign[1]}")
-        if _is_face_net(tensors):
+        if is_face_net_keys(tensors):
             raise CheckpointError(
                 f"{path} is a face-recognition backbone (IResNet), not UniID weights: "
                 "load it as the face model (load_face_net / the face-net input)"
@@ -232,7 +74,7 @@ def _uniid_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             f"{path} holds no UniID tensors (expected keys under text_branch. / adapter_branch.; "
             f"found e.g. {_brief(list(tensors)[:_SHOWN]) or 'nothing'})"
         )
-    return _add_branch_prefixes(tensors), metadata
+    return add_branch_prefixes(tensors), metadata
 
 
 def _layer_count(keys: Iterable[str], prefix: str) -> int:
@@ -255,16 +97,20 @@ def infer_config(
 ) -> UniIDConfig:
     """UniID sizes read from the tensors themselves (token counts, widths, depths, attn2 layers).
 
-    ``source`` (the file or files the tensors came from) starts every error message.
+    ``source`` (the file or files the tensors came from) starts every error message. Weights sized for
+    one of the family's look-alikes (an SD1.5 text tower or adapter) are refused.
     """
+    spec = get_family(family)
     keys = list(tensors)
     config = UniIDConfig(None, None, None, family=family)
     if any(k.startswith(TEXT_PREFIX) for k in keys):
-        w1 = _require(tensors, TEXT_PREFIX + "norm_1.weight", "text-branch", source).shape[0]
-        if w1 == 768 and TEXT_PREFIX + "norm_2.weight" not in tensors:
+        w1 = int(_require(tensors, TEXT_PREFIX + "norm_1.weight", "text-branch", source).shape[0])
+        other = spec.look_alike(w1)
+        if other is not None and TEXT_PREFIX + "norm_2.weight" not in tensors:
+            widths = " + ".join(map(str, spec.text_widths))
             raise CheckpointError(
-                f"{source}: this text branch has a single 768-wide tower (SD1.5); UniID here supports SDXL "
-                "(768 + 1280): use UniID weights trained for SDXL"
+                f"{source}: this text branch has a single {w1}-wide tower ({other.short}); UniID here "
+                f"supports {spec.title} ({widths}): use UniID weights trained for {spec.title}"
             )
         w2 = _require(tensors, TEXT_PREFIX + "norm_2.weight", "text-branch", source).shape[0]
         queries = _require(tensors, TEXT_PREFIX + "proj_1.proj.2.weight", "text-branch", source).shape[0]
@@ -284,10 +130,12 @@ def infer_config(
                 "download or convert the checkpoint again"
             )
         context_dims = {int(w.shape[1]) for w in widths.values()} | {int(proj_out.shape[0])}
-        if 768 in context_dims:
+        other = next((spec.look_alike(dim) for dim in sorted(context_dims) if spec.look_alike(dim)), None)
+        if other is not None:
             raise CheckpointError(
-                f"{source}: this is an SD1.5-width adapter (context dim 768); UniID here needs SDXL weights "
-                "(context dim 2048): use UniID weights trained for SDXL"
+                f"{source}: this is an {other.short}-width adapter (context dim {other.context_dim}); UniID "
+                f"here needs {spec.title} weights (context dim {spec.context_dim}): use UniID weights "
+                f"trained for {spec.title}"
             )
         config.num_adapter_tokens = int(latents.shape[1])
         config.adapter_hidden_dim = int(latents.shape[2])
@@ -327,7 +175,7 @@ def _cast(tensors: Mapping[str, Tensor], dtype: torch.dtype | None) -> dict[str,
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
 
-def build_uniid(
+def uniid_from_tensors(
     tensors: Mapping[str, Tensor],
     source: str,
     dtype: torch.dtype | None = None,
@@ -396,7 +244,7 @@ def load_official(
             file = _branch_file(Path(given))
             parts.append((file, _uniid_tensors(file)[0], wanted))
     sources = " + ".join(str(p[0]) for p in parts)
-    return build_uniid(_merge(parts), sources, dtype, device)
+    return uniid_from_tensors(_merge(parts), sources, dtype, device)
 
 
 def load_uniid(
@@ -409,14 +257,12 @@ def load_uniid(
     """
     path = Path(path)
     if path.is_dir():
-        from .release import scan_release
-
         files = scan_release(path).branch_files()
     else:
         files = [path]
     parts = []
     fingerprint = None
-    family = "sdxl"
+    family = SDXL.name  # official branch files carry no metadata
     for file in files:
         tensors, metadata = _uniid_tensors(file)
         if metadata.get("format") == FORMAT:
@@ -425,7 +271,7 @@ def load_uniid(
     if len(parts) > 1:
         fingerprint = None  # a combination of files is a new set of weights
     sources = " + ".join(str(p[0]) for p in parts)
-    return build_uniid(_merge(parts), sources, dtype, device, fingerprint, family)
+    return uniid_from_tensors(_merge(parts), sources, dtype, device, fingerprint, family)
 
 
 def _check_metadata(
@@ -468,7 +314,7 @@ def save_uniid(model: UniIDModel, path: str | os.PathLike, dtype: torch.dtype | 
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "fingerprint": model.fingerprint,
-        "dtype": str(any_float.dtype).removeprefix("torch.") if any_float is not None else "none",
+        "dtype": dtype_label(any_float.dtype) if any_float is not None else "none",
         **model.config.to_metadata(),
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -486,16 +332,16 @@ def load_face_net(
 ) -> FaceRecognitionNet:
     """The IResNet-100 face net from a ``.pth`` (weights_only) or ``.safetensors`` file; eval, frozen."""
     path = Path(path)
-    tensors = _strip_wrappers(read_tensors(path)[0])
-    if _is_uniid(tensors):
+    tensors = strip_wrappers(read_tensors(path)[0])
+    if is_uniid_keys(tensors):
         raise CheckpointError(
             f"{path} is a UniID checkpoint, not the face-recognition net: load it as the UniID weights and "
             "give the IResNet-100 backbone (e.g. glint360k r100 backbone.pth) as the face model"
         )
-    foreign = _foreign_kind(tensors)
+    foreign = foreign_kind(tensors)
     if foreign:
         raise CheckpointError(f"{path} is {foreign[0]}, not the IResNet-100 face-recognition net")
-    if not _is_face_net(tensors):
+    if not is_face_net_keys(tensors):
         raise CheckpointError(
             f"{path} is not an insightface IResNet backbone (expected keys like conv1.weight, layer1.0.*, "
             f"fc.weight, features.*; found e.g. {_brief(list(tensors)[:_SHOWN])})"

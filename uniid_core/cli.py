@@ -71,7 +71,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """One line saying what went wrong: the file and what to do for OS errors, else the message."""
     if isinstance(exc, OSError) and exc.filename is not None:
         target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
@@ -103,7 +103,7 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     except _user_errors() as exc:
         if debug_requested(args):
             raise
-        print(f"error: {describe(exc)}", file=sys.stderr)
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 1
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from .checkpoint import load_official, save_uniid
 from .cli import argument_parser, run_cli
 from .errors import UniIDError
 from .models.uniid import UniIDModel
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from .precision import DTYPES
 
 
 def summary(model: UniIDModel, path: Path, dtype_name: str) -> str:

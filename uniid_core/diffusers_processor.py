@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .attention import IPKVCache, Scale, attention, decoupled_attention, project_ip, region_mask_for_tokens
 from .errors import CheckpointError, ModelFamilyError, UniIDError
+from .family import SDXL, diffusers_cross_attn, get_family
 
 
 def _linear_from(weight: Tensor) -> nn.Linear:
@@ -177,17 +178,17 @@ def install_uniid_processors(
     """
     linears = _ip_linears(model)
     num_tokens = int(model.config.num_adapter_tokens)
-    modules = dict(unet.named_modules())
     processors = dict(unet.attn_processors)
-    cross = [name for name in processors if name.endswith("attn2.processor")]
+    cross = diffusers_cross_attn(unet)
     if len(cross) != len(linears):
+        family = get_family(getattr(model.config, "family", SDXL.name))
         raise ModelFamilyError(
             f"the UNet has {len(cross)} cross-attention layers but the UniID adapter has {len(linears)}; "
-            "UniID weights only fit the UNet family they were trained for (SDXL: 70 layers)"
+            "UniID weights only fit the UNet family they were trained for "
+            f"({family.title}: {len(family.cross_attn_layers)} layers)"
         )
     cache = kv_cache if kv_cache is not None else IPKVCache()
-    for index, (name, (to_k_ip, to_v_ip)) in enumerate(zip(cross, linears, strict=True)):
-        attn = modules[name.removesuffix(".processor")]
+    for index, ((_, name, attn), (to_k_ip, to_v_ip)) in enumerate(zip(cross, linears, strict=True)):
         width, context = attn.to_k.out_features, attn.to_k.in_features
         for label, linear in (("to_k_ip", to_k_ip), ("to_v_ip", to_v_ip)):
             if tuple(linear.weight.shape) != (width, context):
@@ -195,8 +196,9 @@ def install_uniid_processors(
                     f"{label} of adapter layer {index} has shape {tuple(linear.weight.shape)} but UNet layer "
                     f"{name} needs ({width}, {context}); the adapter was trained for another base model"
                 )
-        processors[name] = UniIDAttnProcessor(
-            to_k_ip, to_v_ip, num_tokens, scale=scale, rescale=rescale, layer=name, kv_cache=cache
+        key = f"{name}.processor"
+        processors[key] = UniIDAttnProcessor(
+            to_k_ip, to_v_ip, num_tokens, scale=scale, rescale=rescale, layer=key, kv_cache=cache
         )
     unet.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
     return processors

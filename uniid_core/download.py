@@ -221,7 +221,9 @@ def is_present(entry: ModelFile, models_dir: Path) -> bool:
     return dest.is_file() and dest.stat().st_size > 0
 
 
-def install(entry: ModelFile, models_dir: Path, urls: Sequence[str], fetch: Fetcher | None = None) -> Path:
+def install_model_file(
+    entry: ModelFile, models_dir: Path, urls: Sequence[str], fetch: Fetcher | None = None
+) -> Path:
     """Download entry from the first working url, verify it and move it into place atomically."""
     fetch = fetch or fetch_url
     dest = entry.destination(models_dir)
@@ -351,7 +353,7 @@ def run(
             print(f"{entry.name}: would download {urls[0]}\n  -> {dest}")
             continue
         try:
-            install(entry, models_dir, urls, fetch)
+            install_model_file(entry, models_dir, urls, fetch)
             print(f"{entry.name}: OK, verified at {dest}")
         except CheckpointError as exc:
             print(f"ERROR {exc}", file=sys.stderr)
@@ -359,7 +361,7 @@ def run(
     return 0 if missing == 0 else 1
 
 
-def describe(models_dir: str = "ComfyUI/models") -> str:
+def describe_layout(models_dir: str = "ComfyUI/models") -> str:
     """The model layout as text: one line per manifest entry saying which file goes where."""
     lines = []
     for entry in MANIFEST:
@@ -390,7 +392,7 @@ def main(argv: Sequence[str] | None = None, hub: Hub | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the model layout and exit")
     args = parser.parse_args(argv)
     if args.list:
-        print(describe())
+        print(describe_layout())
         return 0
     if args.comfyui is None and args.dest is None:
         parser.error("--comfyui PATH (or --dest DIR for the release alone) is required, or use --list")

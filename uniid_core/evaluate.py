@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import atomic_write
 from .cli import argument_parser, path_problem, require_paths, run_cli
 from .errors import FaceDetectionError, UniIDError
-from .face.detect import BACKENDS
+from .face.detect import face_backend_names
 from .face.insightface_backend import DEFAULT_DET_SIZE
 from .similarity import SIMILARITY_DEFINITION, FaceCrop, ImageScore, Reference, find_face, score_faces
+from .weights_file import atomic_write
 
 if TYPE_CHECKING:
     from .clip_score import ClipScorer
@@ -68,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="local transformers CLIP folder (e.g. clip-vit-large-patch14) for CLIP score",
     )
-    parser.add_argument("--detector", default="insightface", choices=BACKENDS, help="face detector backend")
+    parser.add_argument(
+        "--detector", default="insightface", choices=face_backend_names(), help="face detector backend"
+    )
     parser.add_argument(
         "--insightface-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx (detector)"
     )

@@ -16,14 +16,14 @@ import torch
 
 from .anchor import BUILTIN_NAMES, load_names, names_digest, names_path
 from .cli import argument_parser, path_problem, require_paths, run_cli
-from .face.detect import make_detector
+from .diffusers_pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
+from .face.detect import face_backend_names, make_detector
 from .face.image import load_image
-from .face.insightface_backend import DEFAULT_DET_SIZE
-from .face.pipeline import prepare_faces
-from .pipeline import DEFAULT_NEGATIVE, GenerationSettings, UniIDPipeline
+from .face.insightface_backend import DEFAULT_DET_SIZE, DEFAULT_ROOT, OFFICIAL_PACK
+from .face.references import prepare_faces
+from .precision import DTYPES, dtype_label
 from .schedule import MergeSchedule
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OFFICIAL_SEED = 42
 
 
@@ -66,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=OFFICIAL_SEED, help="noise seed (official: 42; written to the PNG)"
     )
     parser.add_argument("--num-images", type=int, default=1, help="images to make with this identity")
-    parser.add_argument("--detector", default="insightface", help="insightface, mtcnn or pre-aligned")
+    parser.add_argument(
+        "--detector", default="insightface", help=f"face detector: {', '.join(face_backend_names())}"
+    )
     parser.add_argument(
         "--det-size",
         type=int,
@@ -74,10 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="insightface detection size (official 320; others are tried only when no face is found)",
     )
     parser.add_argument(
-        "--insightface-model", default="buffalo_l", help="insightface pack (official buffalo_l)"
+        "--insightface-model", default=OFFICIAL_PACK, help=f"insightface pack (official {OFFICIAL_PACK})"
     )
     parser.add_argument(
-        "--insightface-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx"
+        "--insightface-root", default=DEFAULT_ROOT, help="folder holding models/<pack>/*.onnx"
     )
     parser.add_argument(
         "--select",
@@ -121,10 +123,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     select: str | int = int(args.select) if args.select.lstrip("-").isdigit() else args.select
     names = load_names(args.celeb_names)
     insightface = args.detector == "insightface"
-    options = {"root": args.insightface_root, "name": args.insightface_model, "det_size": args.det_size}
+    detector = make_detector(
+        args.detector, root=args.insightface_root, name=args.insightface_model, det_size=args.det_size
+    )
     faces = prepare_faces(
         [load_image(p) for p in args.ref],
-        make_detector(args.detector, **(options if insightface else {})),
+        detector,
         select=select,
         class_word=args.class_word,
     )
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "celeb_names_sha256": names_digest(names),
         "scheduler": type(pipeline.sdxl.scheduler).__name__,
         "noise_device": pipeline.device.type,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_label(dtype),
     }
     return write_pngs(images, Path(args.out), record)
 

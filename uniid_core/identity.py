@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import atomic_write
 from .errors import CheckpointError, IdentityMismatchError, UniIDError
 from .models.iresnet import FaceRecognitionNet
 from .models.uniid import UniIDModel
+from .weights_file import atomic_write, read_safetensors
 
 if TYPE_CHECKING:
     from .anchor import TextAnchor
@@ -186,9 +185,7 @@ def load_identity(path: str | os.PathLike) -> Identity:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such identity file")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, metadata = read_safetensors(path)
     except Exception as exc:  # the Rust reader raises SafetensorError for every kind of damage
         raise CheckpointError(f"{path} is not a readable identity file ({exc}); save it again") from exc
     if metadata.get("format") != IDENTITY_FORMAT:

@@ -35,6 +35,7 @@ from .anchor import TextAnchor, anchor_hidden, column_means, load_names, transfo
 from .cli import argument_parser, run_cli
 from .diffusers_processor import install_uniid_processors, set_adapter_scale
 from .errors import UniIDError
+from .family import SDXL
 from .schedule import MergeSchedule
 from .splice import splice_text_tokens
 
@@ -65,7 +66,6 @@ PER_PROMPT_KEYS = (
     "pipe_in_negative_pooled_prompt_embeds",
 )
 """Prompt-stage tensors: the official pipeline repeats them once per image when it makes several."""
-PAD_IDS = (49407, 0)
 ANCHOR_LABELS = {
     "celeb_col_mean": "anchor name-token column means",
     "celeb_anchor": "anchor penultimate states",
@@ -325,8 +325,8 @@ def _features(golden: GoldenCase) -> Any:
 def compute_anchor_parts(models: LoadedModels, names: list[str], num_tokens: int) -> dict[str, Tensor]:
     """Column means, anchor hidden states and norms for both towers, keyed like the golden tensors."""
     towers = (
-        transformers_tower(models.text_encoder, models.tokenizer, PAD_IDS[0]),
-        transformers_tower(models.text_encoder_2, models.tokenizer_2, PAD_IDS[1]),
+        transformers_tower(models.text_encoder, models.tokenizer, SDXL.pad_ids[0]),
+        transformers_tower(models.text_encoder_2, models.tokenizer_2, SDXL.pad_ids[1]),
     )
     parts = {}
     for k, tower in enumerate(towers, start=1):

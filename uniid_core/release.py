@@ -17,16 +17,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import (
-    ADAPTER_PREFIX,
-    TEXT_PREFIX,
-    _add_branch_prefixes,
-    _flatten,
-    _is_face_net,
-    _sniff,
-    _strip_wrappers,
-)
 from .errors import CheckpointError
+from .weights_file import flatten_tensors, sniff_format
+from .weights_keys import ADAPTER_PREFIX, TEXT_PREFIX, add_branch_prefixes, is_face_net_keys, strip_wrappers
 
 RELEASE_DEPTH = 3
 """Folder levels searched below a release folder (e.g. ``text_branch/checkpoint-12/pytorch_model.bin``)."""
@@ -44,6 +37,8 @@ KIND_BOTH = "both branches"
 KIND_FACE_NET = "face net"
 KIND_OTHER = "other"
 KIND_UNREADABLE = "unreadable"
+UNIID_KINDS = (KIND_TEXT, KIND_ADAPTER, KIND_BOTH)
+"""The kinds of file that hold UniID weights."""
 
 _KIND_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -57,7 +52,7 @@ def is_weights_name(path: str | os.PathLike) -> bool:
 def read_keys(path: str | os.PathLike) -> list[str]:
     """Tensor names of a weights file without reading its tensor data; CheckpointError if unreadable."""
     path = Path(path)
-    kind = _sniff(path) if path.is_file() and path.stat().st_size else "unknown"
+    kind = sniff_format(path) if path.is_file() and path.stat().st_size else "unknown"
     try:
         if kind == "safetensors":
             with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -67,7 +62,7 @@ def read_keys(path: str | os.PathLike) -> list[str]:
                 zipped = handle.read(2) == b"PK"
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
             if isinstance(obj, dict):
-                return list(_flatten(obj))
+                return list(flatten_tensors(obj))
     except Exception as exc:  # any damage or a pickle with objects: not usable weights
         raise CheckpointError(f"{path}: cannot read its tensor names ({exc})") from exc
     raise CheckpointError(f"{path}: not a safetensors or weights-only PyTorch file")
@@ -75,7 +70,7 @@ def read_keys(path: str | os.PathLike) -> list[str]:
 
 def classify_keys(keys: list[str]) -> str:
     """What a state dict is, from its tensor names: a UniID branch, both, the face net, or other."""
-    keys = list(_add_branch_prefixes(_strip_wrappers(dict.fromkeys(keys))))
+    keys = list(add_branch_prefixes(strip_wrappers(dict.fromkeys(keys))))
     text = any(k.startswith(TEXT_PREFIX) for k in keys)
     adapter = any(k.startswith(ADAPTER_PREFIX) for k in keys)
     if text and adapter:
@@ -84,7 +79,7 @@ def classify_keys(keys: list[str]) -> str:
         return KIND_TEXT
     if adapter:
         return KIND_ADAPTER
-    return KIND_FACE_NET if _is_face_net(keys) else KIND_OTHER
+    return KIND_FACE_NET if is_face_net_keys(keys) else KIND_OTHER
 
 
 def classify_file(path: str | os.PathLike) -> str:
@@ -180,4 +175,4 @@ def scan_release(folder: str | os.PathLike, depth: int = RELEASE_DEPTH) -> Relea
 
 def holds_uniid(folder: str | os.PathLike) -> bool:
     """Whether a folder holds at least one UniID branch file within RELEASE_DEPTH levels (cheap, memoised)."""
-    return any(classify_file(path) in (KIND_TEXT, KIND_ADAPTER, KIND_BOTH) for path in weight_files(folder))
+    return any(classify_file(path) in UNIID_KINDS for path in weight_files(folder))

@@ -20,8 +20,8 @@ from .errors import FaceDetectionError, NoFaceError, UniIDError
 from .face.align import align_face, stack_aligned
 from .face.detect import FaceDetector, make_detector
 from .face.image import to_rgb_uint8
-from .face.pipeline import prepare_faces, select_face
 from .face.recognition import FACE_NET_KIND, FaceEmbedder, l2_normalize
+from .face.references import prepare_faces, select_face
 
 SIMILARITY_DEFINITION = (
     "cosine similarity of L2-normalised face-recognition embeddings: the generated image's face against "

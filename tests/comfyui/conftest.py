@@ -40,6 +40,17 @@ SDXL_SMALL_UNET = {
     "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
+APPLY_ARGS = dict(
+    merge_step=1,
+    text_scale_before=0.5,
+    text_scale_after=1.8,
+    adapter_scale_before=0.8,
+    adapter_scale_after=1.2,
+    rescale="normalized",
+    start_percent=0.0,
+    end_percent=1.0,
+)
+"""UniID Apply's widget values in the tests: the official scales, merging after the first step."""
 SDXL_MINI_UNET = {
     **SDXL_SMALL_UNET,
     "transformer_depth": [0, 0, 1, 1, 1, 1],
@@ -160,6 +171,13 @@ def small_clip(comfy):
     return clip
 
 
+def combo_choices(node_cls, name: str) -> list:
+    """The choices a (V3) node's dropdown input offers now, as ComfyUI lists them."""
+    inputs = node_cls.INPUT_TYPES()
+    spec = {**inputs.get("required", {}), **inputs.get("optional", {})}[name]
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
 def small_uniid_model(layer_widths: list[int], seed: int = 3):
     """A random UniID model (text branch N=3, adapter M=4, depth 1) whose ip layers fit ``layer_widths``."""
     from uniid_core.models.uniid import UniIDConfig, UniIDModel
@@ -182,15 +200,15 @@ def small_uniid_model(layer_widths: list[int], seed: int = 3):
 @pytest.fixture(scope="session")
 def uniid_weights(pack, small_sdxl):
     """UniIDWeights (the UNIID socket value) sized for the small UNet."""
-    widths = [layer.width for layer in pack.family.cross_attn_layers(small_sdxl)]
-    return pack.bundle.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
+    widths = [layer.width for layer in pack.base_model.cross_attn_layers(small_sdxl)]
+    return pack.sockets.UniIDWeights(model=small_uniid_model(widths), source="test", dtype_choice="auto")
 
 
 @pytest.fixture(scope="session")
 def mini_uniid(pack, mini_sdxl):
     """UniIDWeights sized for the mini UNet."""
-    widths = [layer.width for layer in pack.family.cross_attn_layers(mini_sdxl)]
-    return pack.bundle.UniIDWeights(
+    widths = [layer.width for layer in pack.base_model.cross_attn_layers(mini_sdxl)]
+    return pack.sockets.UniIDWeights(
         model=small_uniid_model(widths, seed=6), source="mini", dtype_choice="auto"
     )
 

@@ -12,18 +12,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from tests.comfyui.conftest import random_conditioning, random_identity
-
-ARGS = dict(
-    merge_step=1,
-    text_scale_before=0.5,
-    text_scale_after=1.8,
-    adapter_scale_before=0.8,
-    adapter_scale_after=1.2,
-    rescale="normalized",
-    start_percent=0.0,
-    end_percent=1.0,
-)
+from tests.comfyui.conftest import APPLY_ARGS, random_conditioning, random_identity
 
 
 class CountingBackend:
@@ -69,23 +58,23 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
 
     torch._dynamo.reset()
     backend.graphs = 0
-    model, cond = pack.apply.UniIDApply().apply(
-        mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 1), **ARGS
+    model, cond = pack.apply.UniIDApply.execute(
+        mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 1), **APPLY_ARGS
     )
     out = run(compiled(model), cond)["samples"]
     assert (backend.graphs, breaks()) == (1, 0), dict(dynamo["graph_break"])
     torch.testing.assert_close(out, run(model, cond)["samples"], rtol=0, atol=0)
 
-    other = {**ARGS, "merge_step": 2, "adapter_scale_after": 1.0, "text_scale_after": 1.5}
-    model, cond = pack.apply.UniIDApply().apply(
+    other = {**APPLY_ARGS, "merge_step": 2, "adapter_scale_after": 1.0, "text_scale_after": 1.5}
+    model, cond = pack.apply.UniIDApply.execute(
         mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 2), **other
     )
     run(compiled(model), cond)
     assert (backend.graphs, breaks()) == (1, 0), "a new identity recompiled the UNet"
 
     compiled_first = compiled(mini_sdxl)
-    model, cond = pack.apply.UniIDApply().apply(
-        compiled_first, positive, mini_uniid, random_identity(mini_uniid, 3), **ARGS
+    model, cond = pack.apply.UniIDApply.execute(
+        compiled_first, positive, mini_uniid, random_identity(mini_uniid, 3), **APPLY_ARGS
     )
     run(model, cond)
     assert (backend.graphs, breaks()) == (1, 0), "Apply after TorchCompileModel recompiled"
@@ -94,16 +83,16 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
     backend.graphs = 0
     half = torch.zeros(1, 64, 64)
     half[:, :, :32] = 1.0
-    first, cond = pack.apply.UniIDApply().apply(
+    first, cond = pack.apply.UniIDApply.execute(
         mini_sdxl,
         positive,
         mini_uniid,
         random_identity(mini_uniid, 4),
-        **{**ARGS, "start_percent": 0.2},
+        **{**APPLY_ARGS, "start_percent": 0.2},
         mask=half,
     )
-    model, cond = pack.apply.UniIDApply().apply(
-        first, cond, mini_uniid, random_identity(mini_uniid, 5), **ARGS
+    model, cond = pack.apply.UniIDApply.execute(
+        first, cond, mini_uniid, random_identity(mini_uniid, 5), **APPLY_ARGS
     )
     out = run(compiled(model), cond)["samples"]
     assert (backend.graphs, breaks()) == (1, 0), dict(dynamo["graph_break"])

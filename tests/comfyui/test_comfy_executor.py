@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.comfyui.conftest import combo_choices, random_identity
+
+API_PROMPT = Path(__file__).parent / "data" / "api_prompt_v1_nodes.json"
+"""An API prompt written against the nodes before their move to ComfyUI's V3 schema: every UniID node
+with every input by its name (optional ones included), as scripts and saved API prompts send them."""
 
 
 class _Server:
@@ -156,6 +164,118 @@ def test_prompt_runs_through_comfy_executor(comfy, model_files):
     saved = load_identity(identity_file)
     assert saved.class_word == "person" and saved.adapter_tokens.shape == (1, 4, 2048)
     loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoadIdentity"]
-    assert "identities/test_face.safetensors" in loader.INPUT_TYPES()["required"]["identity_file"][0]
-    identity, word = loader().load("identities/test_face.safetensors")
+    assert "identities/test_face.safetensors" in combo_choices(loader, "identity_file")
+    identity, word = loader.execute("identities/test_face.safetensors")
     assert word == "person" and torch.equal(identity.adapter_tokens, saved.adapter_tokens)
+
+
+def _run(comfy, prompt: dict, prompt_id: str) -> list[str]:
+    """Validate and execute ``prompt`` in ComfyUI; returns the ids of its output nodes."""
+    import execution
+
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+    assert valid, (error, node_errors)
+    executor = execution.PromptExecutor(_Server(), cache_type=False)
+    executor.execute(prompt, prompt_id, {}, outputs)
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert executor.success, errors
+    return sorted(outputs)
+
+
+@pytest.fixture(scope="module")
+def core_extra_nodes(comfy):
+    """ComfyUI's own mask and custom-sampling nodes, registered by its loader as at startup."""
+    for name in ("nodes_mask.py", "nodes_custom_sampler.py"):
+        loaded = asyncio.run(comfy.nodes.load_custom_node(str(comfy.root / "comfy_extras" / name),
+                                                          module_parent="comfy_extras"))
+        assert loaded, name
+
+
+def test_api_prompt_written_for_the_v1_nodes_runs(comfy, model_files, uniid_weights, core_extra_nodes):
+    """Every node, input name and option value of a saved API prompt still validates and runs."""
+    from safetensors.torch import load_file
+
+    from uniid_core.identity import load_identity, save_identity
+
+    identities = model_files / "uniid" / "identities"
+    save_identity(random_identity(uniid_weights, 11), identities / "saved_before.safetensors")
+    prompt = json.loads(API_PROMPT.read_text())
+    ours = {name for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
+            if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.comfyui-uniid"}
+    assert ours <= {node["class_type"] for node in prompt.values()}
+    assert _run(comfy, prompt, "uniid-api-v1") == ["13", "14", "23", "24"]
+    output = comfy.base / "output"
+    latents = [load_file(str(next(output.glob(f"{name}_*.latent"))))["latent_tensor"]
+               for name in ("uniid_api_ksampler", "uniid_api_custom")]
+    for latent in latents:
+        assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
+    assert not torch.equal(latents[0], latents[1])
+    saved = load_identity(identities / "api_face.safetensors")
+    assert saved.class_word == "person" and saved.text_tokens.shape == (1, 3, 2048)
+
+
+class _DarkBlindDetector:
+    """A detector backend for the test: no face on a dark photo, the pre-aligned face otherwise."""
+
+    def detect(self, image_rgb: np.ndarray) -> list:
+        from uniid_core.face.prealigned import PreAlignedDetector
+
+        return [] if image_rgb.max() < 10 else PreAlignedDetector().detect(image_rgb)
+
+
+def test_skipped_photos_are_shown_on_the_node_and_logged(comfy, model_files, monkeypatch, caplog):
+    """on_no_face = skip: which photo was left out and why, as progress text, text output and log line."""
+    from server import PromptServer
+
+    from uniid_core.face import detect
+
+    monkeypatch.setattr(detect, "_BACKENDS", dict(detect._BACKENDS))
+    detect.register_face_backend(detect.FaceBackend("dark-blind", _DarkBlindDetector))
+    Image.new("RGB", (96, 96)).save(comfy.base / "input" / "dark.png")
+    shown = []
+
+    class Server:
+        def send_progress_text(self, text, node_id, sid=None):
+            shown.append((node_id, text))
+
+    monkeypatch.setattr(PromptServer, "instance", Server(), raising=False)
+    nodes = {
+        "2": ("UniIDLoader", {"uniid_name": "small_uniid.safetensors", "dtype": "auto"}),
+        "3": ("UniIDFaceNetLoader", {"face_net_name": "insightface/face_small.safetensors"}),
+        "4": ("UniIDFaceDetectorLoader", {"backend": "dark-blind", "provider": "CPU",
+                                          "insightface_model": "buffalo_l", "det_size": 320}),
+        "5": ("LoadImage", {"image": "face.png"}),
+        "6": ("LoadImage", {"image": "dark.png"}),
+        "7": ("ImageBatch", {"image1": ["5", 0], "image2": ["6", 0]}),
+        "8": ("UniIDEncodeFace", {"uniid": ["2", 0], "face_net": ["3", 0], "face_detector": ["4", 0],
+                                  "image": ["7", 0], "face_selection": "largest", "face_index": 0,
+                                  "combine": "mean_features", "on_no_face": "skip", "class_word": "auto"}),
+        "9": ("PreviewImage", {"images": ["8", 1]}),
+    }
+    prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in nodes.items()}
+    import execution
+
+    with caplog.at_level("WARNING", logger="UniID"):
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("skip", prompt, None))
+        assert valid, (error, node_errors)
+        executor = execution.PromptExecutor(_Server(), cache_type=False)
+        executor.execute(prompt, "skip", {}, outputs)
+    assert executor.success
+    (node_id, text), = shown
+    assert node_id == "8" and "1 of 2 images used" in text and "skipped image 1: no face found" in text
+    assert executor.history_result["outputs"]["8"]["text"] == [text]
+    assert any("skipped image 1: no face found" in record.getMessage() for record in caplog.records)
+
+
+def test_prompt_with_a_value_the_node_does_not_offer_is_refused_before_running(comfy, model_files):
+    """Widget values are checked when the prompt is validated: a choice not offered, a number out of range."""
+    import execution
+
+    prompt = _prompt()
+    prompt["4"]["inputs"]["backend"] = "dlib"
+    prompt["9"]["inputs"]["merge_step"] = 1001
+    valid, _, _, node_errors = asyncio.run(execution.validate_prompt("bad", prompt, None))
+    assert not valid
+    details = {node: " ".join(e["details"] for e in found["errors"]) for node, found in node_errors.items()}
+    assert "backend: 'dlib' is not one of ['insightface', 'mtcnn', 'pre-aligned']" in details["4"]
+    assert "merge_step: 1001 is above the maximum 1000" in details["9"]

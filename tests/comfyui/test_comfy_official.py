@@ -49,7 +49,7 @@ def _apply_case(pack, unet, uniid, g: dict, case: int) -> tuple:
     negative = _conditioning(
         g["encode_prompt_negative_prompt_embeds"], g["encode_prompt_negative_pooled_prompt_embeds"]
     )
-    model, spliced = pack.apply.UniIDApply().apply(
+    model, spliced = pack.apply.UniIDApply.execute(
         unet,
         positive,
         uniid,
@@ -97,9 +97,9 @@ def test_official_nodes_reproduce_golden_final_latents(
     g = load_file(str(golden_dir / f"golden_case{case}.safetensors"))
     model, positive, negative = _apply_case(pack, golden_unet, golden_uniid, g, case)
     calls = _capture_unet_inputs(model)
-    (sigmas,) = pack.official.UniIDOfficialSchedule().get_sigmas(model, STEPS, "euler")
+    (sigmas,) = pack.official.UniIDOfficialSchedule.execute(model, STEPS, "euler")
     assert torch.equal(sigmas, g["sigmas"])
-    (noise,) = pack.official.UniIDOfficialNoise().get_noise(model, sigmas, SEED, "cpu")
+    (noise,) = pack.official.UniIDOfficialNoise.execute(model, sigmas, SEED, "cpu")
     (guider,) = custom_sampler.CFGGuider().get_guider(model, positive, negative, CFG)
     (sampler,) = custom_sampler.KSamplerSelect().get_sampler("euler")
     latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
@@ -135,7 +135,7 @@ def test_comfy_noise_scaling_lands_on_init_noise_sigma(
     model = golden_unet.clone()
     calls = _capture_unet_inputs(model)
     positive = _conditioning(g["encode_prompt_prompt_embeds"], g["encode_prompt_pooled_prompt_embeds"])
-    (noise,) = pack.official.UniIDOfficialNoise().get_noise(model, sigmas, SEED, "cpu")
+    (noise,) = pack.official.UniIDOfficialNoise.execute(model, sigmas, SEED, "cpu")
     assert (noise.factor == 1.0) == (start == "at_sigma_max")
     (guider,) = custom_sampler.CFGGuider().get_guider(model, positive, positive, 1.0)
     (sampler,) = custom_sampler.KSamplerSelect().get_sampler("euler")
@@ -162,7 +162,7 @@ def test_ksampler_lists_official_schedulers_and_matches_the_custom_graph(
     basic = custom_sampler.BasicScheduler()
     assert "uniid_official_ddim" in basic.INPUT_TYPES()["required"]["scheduler"][0]
     (ddim,) = basic.get_sigmas(golden_unet, "uniid_official_ddim", 6, 1.0)
-    (official_ddim,) = pack.official.UniIDOfficialSchedule().get_sigmas(golden_unet, 6, "ddim")
+    (official_ddim,) = pack.official.UniIDOfficialSchedule.execute(golden_unet, 6, "ddim")
     assert torch.equal(ddim, official_ddim) and ddim[-1] > 0
 
     g = load_file(str(golden_dir / "golden_case1.safetensors"))
@@ -172,7 +172,7 @@ def test_ksampler_lists_official_schedulers_and_matches_the_custom_graph(
         (ksampled,) = comfy.nodes.common_ksampler(
             model, SEED, STEPS, CFG, "euler", "uniid_official", positive, negative, latent
         )
-        (sigmas,) = pack.official.UniIDOfficialSchedule().get_sigmas(model, STEPS, "euler")
+        (sigmas,) = pack.official.UniIDOfficialSchedule.execute(model, STEPS, "euler")
         (guider,) = custom_sampler.CFGGuider().get_guider(model, positive, negative, CFG)
         (sampler,) = custom_sampler.KSamplerSelect().get_sampler("euler")
         (noise,) = custom_sampler.RandomNoise().get_noise(SEED)
@@ -189,7 +189,7 @@ def test_schedule_refuses_a_zero_terminal_snr_model(comfy, pack, golden_unet):  
 
     (zsnr,) = ModelSamplingDiscrete().patch(golden_unet, "eps", True)
     with pytest.raises(UniIDError, match="not the scaled-linear discrete schedule"):
-        pack.official.UniIDOfficialSchedule().get_sigmas(zsnr, 30, "euler")
+        pack.official.UniIDOfficialSchedule.execute(zsnr, 30, "euler")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
@@ -198,7 +198,7 @@ def test_cuda_generator_without_cuda_says_what_to_pick(comfy, pack, golden_unet)
 
     sigmas = torch.tensor([4.1, 0.0])
     with pytest.raises(UniIDError, match="choose 'cpu'"):
-        pack.official.UniIDOfficialNoise().get_noise(golden_unet, sigmas, SEED, "cuda")
+        pack.official.UniIDOfficialNoise.execute(golden_unet, sigmas, SEED, "cuda")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (inference.py draws there)")
@@ -208,7 +208,7 @@ def test_cuda_generator_draws_the_official_noise(comfy, pack, golden_unet):  # n
     from uniid_core.official_schedule import noise_prescale, official_sigmas
 
     sigmas = official_sigmas(30)
-    (noise,) = pack.official.UniIDOfficialNoise().get_noise(golden_unet, sigmas, SEED, "cuda")
+    (noise,) = pack.official.UniIDOfficialNoise.execute(golden_unet, sigmas, SEED, "cuda")
     drawn = noise.generate_noise({"samples": torch.zeros(1, 4, 128, 128)})
     generator = torch.Generator("cuda").manual_seed(SEED)
     dtype = golden_unet.model_dtype()

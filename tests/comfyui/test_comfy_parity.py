@@ -56,12 +56,12 @@ def golden_unet(comfy, golden_dir):
 @pytest.fixture(scope="module")
 def golden_uniid(pack, golden_dir):
     """UniID adapter weights from the golden rule, built by uniid_core's checkpoint code."""
-    from uniid_core.checkpoint import build_uniid
+    from uniid_core.checkpoint import uniid_from_tensors
 
     rule = _make_weights(golden_dir)
     spec = rule.load_spec(str(golden_dir / "specs/adapter_branch.json"))
-    model = build_uniid(rule.make_state_dict(spec["tensors"], spec["seed"]), "golden adapter rule")
-    return pack.bundle.UniIDWeights(model=model, source="golden", dtype_choice="fp32")
+    model = uniid_from_tensors(rule.make_state_dict(spec["tensors"], spec["seed"]), "golden adapter rule")
+    return pack.sockets.UniIDWeights(model=model, source="golden", dtype_choice="fp32")
 
 
 def _replay(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -102,7 +102,7 @@ def test_golden_noise_predictions(comfy, pack, golden_dir, golden_unet, golden_u
             {"pooled_output": g["encode_prompt_negative_pooled_prompt_embeds"]},
         ]
     ]
-    model, spliced = pack.apply.UniIDApply().apply(
+    model, spliced = pack.apply.UniIDApply.execute(
         golden_unet,
         positive,
         golden_uniid,

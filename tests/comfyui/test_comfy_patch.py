@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.comfyui.conftest import SDXL_MINI_UNET, build_sdxl, random_conditioning, random_identity
+from tests.comfyui.conftest import (
+    APPLY_ARGS,
+    SDXL_MINI_UNET,
+    build_sdxl,
+    random_conditioning,
+    random_identity,
+)
 from tests.comfyui.recording import Recorder, one_evaluation
 
 OFFICIAL_ORDER = (
@@ -15,16 +21,6 @@ OFFICIAL_ORDER = (
     + [("output", b, i) for b in (0, 1, 2) for i in range(10)]
     + [("output", b, i) for b in (3, 4, 5) for i in range(2)]
     + [("middle", 0, i) for i in range(10)]
-)
-DEFAULTS = dict(
-    merge_step=1,
-    text_scale_before=0.5,
-    text_scale_after=1.8,
-    adapter_scale_before=0.8,
-    adapter_scale_after=1.2,
-    rescale="normalized",
-    start_percent=0.0,
-    end_percent=1.0,
 )
 
 
@@ -38,7 +34,7 @@ def identity(uniid_weights, small_face_net):
 
 
 def _apply(pack, model, cond, weights, identity, clip=None, **kw):
-    return pack.apply.UniIDApply().apply(model, cond, weights, identity, clip=clip, **{**DEFAULTS, **kw})
+    return pack.apply.UniIDApply.execute(model, cond, weights, identity, clip=clip, **{**APPLY_ARGS, **kw})
 
 
 def _state(model):
@@ -46,9 +42,13 @@ def _state(model):
 
 
 def test_layer_keys_follow_official_order(pack, small_sdxl):
-    layers = pack.family.cross_attn_layers(small_sdxl)
+    from uniid_core.family import SDXL
+
+    layers = pack.base_model.cross_attn_layers(small_sdxl)
     assert [layer.key for layer in layers] == OFFICIAL_ORDER
     assert len(layers) == 70
+    spec = [(layer.index, layer.key, layer.level) for layer in SDXL.cross_attn_layers]
+    assert [(layer.index, layer.key, layer.level) for layer in layers] == spec
     assert {layer.width for layer in layers} == {64, 128}
     levels = {layer.key[:2]: layer.level for layer in layers}
     assert levels == {
@@ -87,7 +87,7 @@ def test_clone_is_cheap_and_weights_are_managed(pack, small_sdxl, small_clip, un
     assert a.state is b.state
     models = twin.model_patches_models()
     assert models and all(m is a.state.ip_patcher for m in models)
-    assert isinstance(a.state.ip_patcher.model, pack.bundle.IPProjections)
+    assert isinstance(a.state.ip_patcher.model, pack.managed.IPProjections)
 
 
 def _reference_patch(weights, identity, layer_index, scale):
@@ -123,8 +123,8 @@ def test_patched_model_matches_official_formula(comfy, pack, merge_step, adapter
     from tests.comfyui.conftest import small_uniid_model
 
     model = build_sdxl(comfy, SDXL_MINI_UNET, dtype=torch.float64)
-    layers = pack.family.cross_attn_layers(model)
-    weights = pack.bundle.UniIDWeights(small_uniid_model([layer.width for layer in layers], seed=8), "f64")
+    layers = pack.base_model.cross_attn_layers(model)
+    weights = pack.sockets.UniIDWeights(small_uniid_model([layer.width for layer in layers], seed=8), "f64")
     identity = random_identity(weights, 31)
     positive, negative = random_conditioning(32), random_conditioning(33)
     patched, spliced = _apply(pack, model, positive, weights, identity, merge_step=merge_step)
@@ -203,7 +203,7 @@ def test_composes_with_previous_attn2_patch(pack, mini_sdxl, mini_uniid):
     identity = random_identity(mini_uniid, 46)
     base = mini_sdxl.clone()
     previous = _Previous()
-    layers = pack.family.cross_attn_layers(mini_sdxl)
+    layers = pack.base_model.cross_attn_layers(mini_sdxl)
     for layer in layers:
         base.set_model_attn2_replace(previous, *layer.key)
     cond, negative = random_conditioning(47), random_conditioning(48)

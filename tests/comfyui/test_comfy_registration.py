@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.comfyui.conftest import small_uniid_model
+from tests.comfyui.conftest import combo_choices, small_uniid_model
 
 NODES = [
     "UniIDLoader",
@@ -34,7 +34,7 @@ def test_every_node_is_registered_by_comfy_loader(comfy):
         assert cls.CATEGORY == "UniID"
         assert callable(getattr(cls(), cls.FUNCTION))
         assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("UniID ")
-        spec = cls.INPUT_TYPES()
+        spec = cls.INPUT_TYPES(include_hidden=False)
         json.dumps(spec)
         for section in spec.values():
             for input_name, entry in section.items():
@@ -67,7 +67,7 @@ def test_model_folders_follow_extra_model_paths(comfy, tmp_path):
     (extra / "mine.safetensors").write_bytes(b"weights")
     fp.add_model_folder_path("uniid", str(extra))
     fp.filename_list_cache.clear()
-    choices = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
+    choices = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"], "uniid_name")
     assert "mine.safetensors" in choices and "official/" in choices
 
 
@@ -82,8 +82,8 @@ def test_dropdowns_keep_face_nets_and_uniid_weights_apart(comfy, tmp_path):
     torch.save({"x": torch.zeros(1)}, extra / "glint360k_r100.pth")
     fp.add_model_folder_path("uniid", str(extra))
     fp.filename_list_cache.clear()
-    uniid = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
-    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"].INPUT_TYPES()["required"]["face_net_name"][0]
+    uniid = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"], "uniid_name")
+    face = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"], "face_net_name")
     assert "uniid_weights.safetensors" in uniid and "glint360k_r100.pth" not in uniid
     assert "uniid/glint360k_r100.pth" in face and "uniid/face_backbone.safetensors" in face
     assert "uniid/uniid_weights.safetensors" not in face
@@ -112,17 +112,17 @@ def test_release_folder_is_one_entry_and_its_parts_stay_pickable(comfy, tmp_path
     fp.add_model_folder_path("uniid", str(root))
     fp.filename_list_cache.clear()
     loader_cls = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"]
-    uniid = loader_cls.INPUT_TYPES()["required"]["uniid_name"][0]
-    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"].INPUT_TYPES()["required"]["face_net_name"][0]
+    uniid = combo_choices(loader_cls, "uniid_name")
+    face = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"], "face_net_name")
     text_file = "UniID/text_branch/checkpoint-12/pytorch_model.bin"
     assert "UniID/" in uniid and text_file in uniid and "UniID/adapter_branch/model.safetensors" in uniid
     assert not any(n.startswith("UniID/") and ("optimizer" in n or "backbone" in n) for n in uniid)
     assert "uniid/UniID/face_recognition/backbone.pth" in face
     assert not any(name.startswith("uniid/UniID/") and "branch" in name for name in face)
-    (both,) = loader_cls().load("UniID/", "auto")
+    (both,) = loader_cls.execute("UniID/", "auto")
     assert both.model.text_branch is not None and both.model.adapter_branch is not None
     assert both.model.fingerprint == model.fingerprint
-    (text_only,) = loader_cls().load(text_file, "auto")
+    (text_only,) = loader_cls.execute(text_file, "auto")
     assert text_only.model.adapter_branch is None
     face_path = comfy.pack.nodes.paths.resolve_face_net("uniid/UniID/face_recognition/backbone.pth")
     assert Path(face_path) == release / "face_recognition" / "backbone.pth"
@@ -137,7 +137,7 @@ def test_insightface_dropdown_puts_the_official_pack_first(comfy, tmp_path):
         inputs = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"].INPUT_TYPES()["required"]
     finally:
         fp.folder_names_and_paths["insightface"][0].remove(str(tmp_path / "insight"))
-    assert inputs["insightface_model"][0][:3] == ["buffalo_l", "another", "antelopev2"]
+    assert inputs["insightface_model"][1]["options"][:3] == ["buffalo_l", "another", "antelopev2"]
     assert inputs["det_size"][1]["default"] == 320
 
 
@@ -149,8 +149,8 @@ def test_empty_files_are_not_offered(comfy, tmp_path):
     (extra / "interrupted.pth").write_bytes(b"")
     fp.add_model_folder_path("uniid", str(extra))
     fp.filename_list_cache.clear()
-    uniid = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"].INPUT_TYPES()["required"]["uniid_name"][0]
-    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"].INPUT_TYPES()["required"]["face_net_name"][0]
+    uniid = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"], "uniid_name")
+    face = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"], "face_net_name")
     assert not [c for c in uniid + face if "interrupted" in c]
 
 
@@ -166,16 +166,16 @@ def test_identities_are_saved_in_the_first_configured_folder(comfy, pack, tmp_pa
     pack.paths.register_folders()
     assert fp.get_folder_paths("uniid") == [str(user_folder), str(comfy.root / "models" / "uniid")]
     identity = Identity(adapter_tokens=torch.zeros(1, 4, 2048), class_word="woman")
-    saved = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDSaveIdentity"]().save(identity, "me", False)["result"][0]
+    saved = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDSaveIdentity"].execute(identity, "me", False)[0]
     assert saved == str(user_folder / "identities" / "me.safetensors")
     other = tmp_path / "other" / "identities"
     other.mkdir(parents=True)
     (other / "them.safetensors").write_bytes((user_folder / "identities" / "me.safetensors").read_bytes())
     fp.add_model_folder_path("uniid", str(other.parent))
     loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoadIdentity"]
-    choices = loader.INPUT_TYPES()["required"]["identity_file"][0]
+    choices = combo_choices(loader, "identity_file")
     assert {"identities/me.safetensors", "identities/them.safetensors"} <= set(choices)
-    loaded, word = loader().load("identities/them.safetensors")
+    loaded, word = loader.execute("identities/them.safetensors")
     assert word == "woman" and torch.equal(loaded.adapter_tokens, identity.adapter_tokens)
 
 
@@ -184,9 +184,9 @@ def test_missing_insightface_pack_names_every_folder(comfy, tmp_path):
 
     extra = tmp_path / "shared_insightface"
     comfy.folder_paths.add_model_folder_path("insightface", str(extra))
-    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"]()
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"]
     with pytest.raises(FaceDetectionError) as info:
-        loader.load("insightface", "CPU", "antelopev2", 640)
+        loader.execute("insightface", "CPU", "antelopev2", 640)
     for folder in comfy.folder_paths.get_folder_paths("insightface"):
         assert os.path.join(folder, "models", "antelopev2") in str(info.value)
 
@@ -194,14 +194,14 @@ def test_missing_insightface_pack_names_every_folder(comfy, tmp_path):
 def test_missing_file_names_folder_and_file(comfy):
     from uniid_core.errors import CheckpointError
 
-    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"]()
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDLoader"]
     with pytest.raises(
         CheckpointError, match=r"'absent\.safetensors' was not found in the 'uniid' model folder"
     ):
-        loader.load("absent.safetensors", "auto")
-    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"]()
+        loader.execute("absent.safetensors", "auto")
+    face = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceNetLoader"]
     with pytest.raises(CheckpointError, match="'insightface' model folder"):
-        face.load("insightface/glintr100.pth")
+        face.execute("insightface/glintr100.pth")
 
 
 def _fake_model(name: str, unet_config: dict, unet: bool) -> types.SimpleNamespace:
@@ -223,15 +223,16 @@ def _fake_model(name: str, unet_config: dict, unet: bool) -> types.SimpleNamespa
 )
 def test_non_sdxl_models_are_refused_clearly(pack, name, config, unet, hint):
     from uniid_core.errors import ModelFamilyError
+    from uniid_core.family import SDXL
 
     with pytest.raises(ModelFamilyError, match="only with SDXL") as info:
-        pack.family.check_sdxl(_fake_model(name, config, unet))
+        pack.base_model.check_family(_fake_model(name, config, unet), SDXL)
     assert hint in str(info.value) and name in str(info.value)
 
 
 def _apply_defaults(pack, model, uniid_weights, identity):
     """UniID Apply with the official defaults on a one-entry, all-zero positive conditioning."""
-    return pack.apply.UniIDApply().apply(
+    return pack.apply.UniIDApply.execute(
         model, [[torch.zeros(1, 77, 2048), {}]], uniid_weights, identity,
         5, 0.5, 1.8, 0.8, 1.2, "normalized", 0.0, 1.0,
     )
@@ -263,13 +264,13 @@ def test_rescaler_dropdown_lists_registered_strategies(comfy, pack):
     from uniid_core.attention import register_rescaler
 
     register_rescaler("test_half", lambda text, ip, scale, layer: text + 0.5 * scale * ip)
-    choices = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDApply"].INPUT_TYPES()["required"]["rescale"][0]
+    choices = combo_choices(comfy.nodes.NODE_CLASS_MAPPINGS["UniIDApply"], "rescale")
     assert choices[0] == "normalized" and {"add", "test_half"} <= set(choices)
 
 
 def test_text_encode_substitutes_class_word(comfy, small_clip):
-    node = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDTextEncode"]()
-    conditioning, prompt = node.encode(small_clip, "a photo of a <class word> in Paris", "woman")
+    node = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDTextEncode"]
+    conditioning, prompt = node.execute(small_clip, "a photo of a <class word> in Paris", "woman")
     assert prompt == "a photo of a woman in Paris"
     assert conditioning[0][0].shape == (1, 77, 2048)
     assert conditioning[0][1]["uniid_prompt_tokens"] == 7
@@ -280,13 +281,13 @@ def test_detector_loader_backends(comfy):
 
     from uniid_core.errors import FaceDetectionError
 
-    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"]()
-    (aligned,) = loader.load("pre-aligned", "CPU", "antelopev2", 640)
+    loader = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDFaceDetectorLoader"]
+    (aligned,) = loader.execute("pre-aligned", "CPU", "antelopev2", 640)
     assert len(aligned.get().detect(np.zeros((112, 112, 3), np.uint8))) == 1
     with pytest.raises(FaceDetectionError, match=r"models/insightface/models/antelopev2"):
-        loader.load("insightface", "CPU", "antelopev2", 640)
+        loader.execute("insightface", "CPU", "antelopev2", 640)
     try:
-        (mtcnn,) = loader.load("mtcnn", "CPU", "antelopev2", 640)
+        (mtcnn,) = loader.execute("mtcnn", "CPU", "antelopev2", 640)
     except FaceDetectionError as exc:
         pytest.skip(f"needs the MTCNN model files: {exc}")
     assert mtcnn.get().detect(np.zeros((160, 160, 3), np.uint8)) == []
@@ -302,7 +303,8 @@ def test_names_file_picks_the_anchor_names(comfy, pack, small_sdxl, small_clip, 
     mine.write_text("Ada Lovelace Byron King\nAlan Mathison Turing\n", encoding="utf-8")
     comfy.folder_paths.add_model_folder_path("uniid", str(tmp_path / "names_root"))
     spec = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDApply"].INPUT_TYPES()["optional"]["names_file"]
-    assert spec[0][:2] == ["official", "uniid_project"] and "names/mine.txt" in spec[0]
+    choices = spec[1]["options"]
+    assert choices[:2] == ["official", "uniid_project"] and "names/mine.txt" in choices
     assert spec[1]["default"] == "official"
     identity = Identity(
         text_tokens=torch.randn(1, 3, 2048, generator=torch.Generator().manual_seed(0)),
@@ -311,7 +313,7 @@ def test_names_file_picks_the_anchor_names(comfy, pack, small_sdxl, small_clip, 
     )
     norms = {}
     for choice in ("official", "uniid_project", "names/mine.txt"):
-        _, positive = pack.apply.UniIDApply().apply(
+        _, positive = pack.apply.UniIDApply.execute(
             small_sdxl, [[torch.zeros(1, 77, 2048), {}]], uniid_weights, identity,
             5, 0.5, 1.8, 0.8, 1.2, "normalized", 0.0, 1.0, clip=small_clip, names_file=choice,
         )

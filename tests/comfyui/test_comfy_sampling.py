@@ -44,7 +44,7 @@ def apply(pack, model, positive, weights, identity, merge_step=MERGE, **kw):
 
     args = dict(merge_step=merge_step, **SCALES, rescale="normalized", start_percent=0.0, end_percent=1.0)
     args.update(kw)
-    model, positive = pack.apply.UniIDApply().apply(model, positive, weights, identity, **args)
+    model, positive = pack.apply.UniIDApply.execute(model, positive, weights, identity, **args)
     state = ext.get_wrappers_with_key(ext.WrappersMP.SAMPLER_SAMPLE, "uniid", model.model_options, True)[
         -1
     ].state
@@ -455,7 +455,7 @@ def test_single_branch_weights(cn, pack, mini_sdxl, mini_uniid, conds, monkeypat
         model = UniIDModel(config)
         init_weights(model, 9)
         model.refresh_fingerprint()
-        weights = pack.bundle.UniIDWeights(model=model.eval().requires_grad_(False), source=kind)
+        weights = pack.sockets.UniIDWeights(model=model.eval().requires_grad_(False), source=kind)
         gen = torch.Generator().manual_seed(10)
         tokens = torch.randn(1, 3, 2048, generator=gen)
         identity = Identity(

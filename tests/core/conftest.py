@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from uniid_core.checkpoint import build_uniid
+from uniid_core.checkpoint import uniid_from_tensors
 from uniid_core.models import FaceFeatures, FaceRecognitionNet, UniIDConfig, UniIDModel
 
 
@@ -86,7 +86,7 @@ def official_layout(
 @pytest.fixture(scope="session")
 def golden_uniid(text_state_dict, adapter_state_dict) -> UniIDModel:
     """UniID model holding the golden weights (shares their memory: never modify or cast it in a test)."""
-    return build_uniid({**text_state_dict, **adapter_state_dict}, "golden rule weights")
+    return uniid_from_tensors({**text_state_dict, **adapter_state_dict}, "golden rule weights")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from uniid_core.attention import (
-    RESCALERS,
     IPKVCache,
     attention,
     decoupled_attention,
@@ -14,6 +13,7 @@ from uniid_core.attention import (
     normalized_rescale,
     region_mask_for_tokens,
     register_rescaler,
+    rescaler_names,
     unregister_rescaler,
 )
 from uniid_core.errors import UniIDError
@@ -121,13 +121,13 @@ def test_custom_rescaler_registered_by_name_and_used(qkv):
 
     register_rescaler("test_text_only", text_only)
     try:
-        assert get_rescaler("test_text_only") is text_only and "test_text_only" in RESCALERS
+        assert get_rescaler("test_text_only") is text_only and "test_text_only" in rescaler_names()
         out = decoupled_attention(q, k, v, k_ip, v_ip, HEADS, 0.7, "test_text_only", layer="down.0")
         torch.testing.assert_close(out, attention(q, k, v, HEADS))
         assert seen == [((3, 16, 32), "down.0", 0.7)]
     finally:
         unregister_rescaler("test_text_only")
-    assert "test_text_only" not in RESCALERS
+    assert "test_text_only" not in rescaler_names()
     with pytest.raises(UniIDError):
         get_rescaler("test_text_only")
     with pytest.raises(UniIDError, match="built-in"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from uniid_core.errors import UniIDError
-from uniid_core.splice import dropped_content_rows, splice_text_tokens
+from uniid_core.splice import dropped_prompt_tokens, prompt_token_count, splice_text_tokens
 
 
 def _prompt(batch: int, chunks: int, width: int = 8) -> torch.Tensor:
@@ -69,14 +69,11 @@ def _ids(content: int, chunks: int = 1) -> list[int]:
     return row * chunks
 
 
-def test_dropped_content_rows():
-    assert dropped_content_rows(_ids(10), 3) == 0
-    assert dropped_content_rows(_ids(73), 3) == 0
-    assert dropped_content_rows(_ids(74), 3) == 1
-    assert dropped_content_rows(_ids(75), 3) == 2
+def test_prompt_tokens_and_what_the_splice_drops():
+    assert [prompt_token_count(_ids(n)) for n in (10, 73, 74, 75)] == [10, 73, 74, 75]
+    assert [dropped_prompt_tokens(prompt_token_count(_ids(n)), 3) for n in (10, 73, 74, 75)] == [0, 0, 1, 2]
     no_eos = [49406] + [320] * 76
-    assert dropped_content_rows(no_eos, 3) == 3
-    batch = torch.tensor([_ids(5, 2), _ids(75, 2)])
-    assert dropped_content_rows(batch, 3) == 2
+    assert prompt_token_count(no_eos) == 76 and dropped_prompt_tokens(76, 3) == 3
     padded_with_zero = [49406] + [320] * 70 + [49407] + [0] * 5
-    assert dropped_content_rows(padded_with_zero, 3) == 0
+    assert prompt_token_count(padded_with_zero) == 70 and dropped_prompt_tokens(70, 3) == 0
+    assert prompt_token_count(_ids(75, 2)[:77]) == 75

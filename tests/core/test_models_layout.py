@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from uniid_core.family import SDXL
 from uniid_core.models import (
     AdapterBranch,
     FaceFeatures,
@@ -16,7 +17,6 @@ from uniid_core.models import (
     UniIDConfig,
     UniIDModel,
     iresnet100,
-    sdxl_layer_widths,
 )
 
 
@@ -52,7 +52,7 @@ def test_adapter_branch_layout_is_official(golden_dir):
 
 
 def test_sdxl_config_has_70_attn2_layers():
-    widths = sdxl_layer_widths()
+    widths = SDXL.layer_widths()
     assert len(widths) == 70 and list(widths) == list(range(1, 141, 2))
     assert {widths[i] for i in (1, 7, 109, 119)} == {640}
     assert {widths[i] for i in (9, 47, 49, 107, 121, 139)} == {1280}

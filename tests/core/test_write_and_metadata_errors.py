@@ -11,9 +11,10 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from uniid_core import checkpoint, convert
-from uniid_core.checkpoint import atomic_write, load_uniid, save_uniid
+from uniid_core.checkpoint import load_uniid, save_uniid
 from uniid_core.errors import CheckpointError
 from uniid_core.identity import Identity, load_identity, save_identity
+from uniid_core.weights_file import atomic_write
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import torch
 from tests.core.conftest import TINY_CONFIG, randomize
 from tests.eval.conftest import write_arcface_onnx
 from uniid_core.errors import FaceDetectionError, NoFaceError, UniIDError
-from uniid_core.face.pipeline import prepare_faces
 from uniid_core.face.recognition import FaceNetEmbedder, OnnxFaceEmbedder, find_recognition_model
+from uniid_core.face.references import prepare_faces
 from uniid_core.identity import Identity, encode_identity, load_identity, save_identity
 from uniid_core.models import UniIDModel
 from uniid_core.similarity import Reference, find_faces, score_faces, score_images

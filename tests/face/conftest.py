@@ -168,9 +168,11 @@ def _fake_genderage(path: Path) -> None:
     save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
-@pytest.fixture(scope="session")
 def fake_insightface_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An insightface root whose models/buffalo_l holds tiny stand-in detection and genderage models."""
+    """An insightface root with tiny stand-in buffalo_l models (SCRFD fires on red; genderage says 'man').
+
+    Skips the test when insightface or onnx is missing.
+    """
     if importlib.util.find_spec("insightface") is None or importlib.util.find_spec("onnx") is None:
         pytest.skip("needs the insightface and onnx packages to run FaceAnalysis on stand-in models")
     root = tmp_path_factory.mktemp("insightface")
@@ -179,3 +181,9 @@ def fake_insightface_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _fake_scrfd(folder / "det_10g.onnx")
     _fake_genderage(folder / "genderage.onnx")
     return root
+
+
+@pytest.fixture(scope="session", name="fake_insightface_root")
+def fake_insightface_root_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in insightface root (see fake_insightface_root)."""
+    return fake_insightface_root(tmp_path_factory)

@@ -18,7 +18,7 @@ from uniid_core.face.insightface_backend import (
     check_model_folder,
     find_model_pack,
 )
-from uniid_core.face.providers import available_providers, friendly_providers, resolve_providers
+from uniid_core.face.providers import PROVIDERS, available_providers, resolve_providers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,18 +113,17 @@ def test_pack_outside_models_subfolder(tmp_path: Path) -> None:
 def test_providers() -> None:
     assert resolve_providers("CPU") == ["CPUExecutionProvider"]
     assert resolve_providers("cpuexecutionprovider") == ["CPUExecutionProvider"]
-    assert "CPUExecutionProvider" in available_providers() and "cpu" in friendly_providers()
+    assert "CPUExecutionProvider" in available_providers() and list(PROVIDERS)[0] == "CPU"
     with pytest.raises(FaceDetectionError, match="unknown execution provider"):
         resolve_providers("TPU")
-    absent = [
-        name for name in ("CUDA", "DirectML", "ROCm", "CoreML") if name.lower() not in friendly_providers()
-    ]
-    for name in absent:
+    present = set(available_providers())
+    for name in ("CUDA", "DirectML", "ROCm", "CoreML", "MIGraphX"):
+        if PROVIDERS[next(k for k in PROVIDERS if k.lower() == name.lower())] in present:
+            assert resolve_providers(name)[-1] == "CPUExecutionProvider"
+            continue
         with pytest.raises(FaceDetectionError, match="not available in this onnxruntime") as info:
             resolve_providers(name)
         assert "available: " in str(info.value) and "choose CPU" in str(info.value)
-    for name in set(friendly_providers()) - {"cpu"}:
-        assert resolve_providers(name)[-1] == "CPUExecutionProvider"
 
 
 def test_det_size_ladder() -> None:
@@ -227,3 +226,33 @@ def test_genderage_file_that_is_no_gender_model(fake_insightface_root: Path, tmp
     with pytest.raises(FaceDetectionError, match="did not load a gender model") as info:
         InsightFaceDetector(root=tmp_path, name="buffalo_l")
     assert str(folder) in str(info.value)
+
+
+def test_backend_registry_lists_builds_and_explains_missing_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new backend is a class plus one registration; shared settings reach only backends that take them."""
+    from uniid_core.face import detect
+
+    monkeypatch.setattr(detect, "_BACKENDS", dict(detect._BACKENDS))
+    assert detect.face_backend_names() == ["insightface", "mtcnn", "pre-aligned"]
+    received = {}
+
+    class Fixed:
+        def __init__(self, det_size: int = 0, scale: float = 1.0) -> None:
+            received.update(det_size=det_size, scale=scale)
+
+        def detect(self, image_rgb: np.ndarray) -> list[DetectedFace]:
+            return []
+
+    detect.register_face_backend(detect.FaceBackend("fixed", Fixed, settings=("det_size",)))
+    assert detect.face_backend_names()[-1] == "fixed"
+    shared = {"root": "/nowhere", "name": "x", "provider": "CPU", "det_size": 320, "threads": None}
+    built = make_detector("Fixed", **shared, scale=2.0)
+    assert isinstance(built, FaceDetector) and received == {"det_size": 320, "scale": 2.0}
+    detect.register_face_backend(
+        detect.FaceBackend("needs-absent", "uniid_absent_package_for_test:Detector",
+                           requires=("uniid_absent_package_for_test",), install="pip install it")
+    )
+    with pytest.raises(FaceDetectionError, match="needs uniid_absent_package_for_test.*pip install it"):
+        make_detector("needs_absent")
+    with pytest.raises(FaceDetectionError, match="backend 'dlib'; choose one of insightface, mtcnn"):
+        make_detector("dlib")

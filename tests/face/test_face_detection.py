@@ -8,7 +8,7 @@ import pytest
 
 from uniid_core.face.align import ARCFACE_TEMPLATE, align_face
 from uniid_core.face.detect import DetectedFace, FaceDetector, sort_left_to_right
-from uniid_core.face.pipeline import prepare_faces, select_face
+from uniid_core.face.references import prepare_faces, select_face
 
 BACKENDS = ["mtcnn", "insightface_detector"]
 MIN_SCORE = {"mtcnn": 0.9, "insightface_detector": 0.5}

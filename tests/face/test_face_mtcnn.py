@@ -45,7 +45,7 @@ def test_configuration_errors(tmp_path: Path) -> None:
 def test_shipped_quickstart_photo_gives_one_aligned_face(mtcnn: MTCNNDetector) -> None:
     """The public-domain photo the quickstart uses: one face, found and aligned to the ArcFace crop."""
     from uniid_core.face.image import load_image
-    from uniid_core.face.pipeline import prepare_faces
+    from uniid_core.face.references import prepare_faces
 
     photo = Path(__file__).resolve().parents[2] / "scripts" / "assets" / "eileen_collins.jpg"
     assert photo.stat().st_size < 100_000 and (photo.parent / "SOURCE.md").is_file()

@@ -47,7 +47,7 @@ def comfy_runtime() -> tuple[Path, str]:
     """(ComfyUI folder, Python with ComfyUI's requirements) from COMFYUI_PATH / COMFYUI_PYTHON, else skip."""
     raw = os.environ.get("COMFYUI_PATH")
     if not raw:
-        pytest.skip("needs COMFYUI_PATH (a ComfyUI 0.3.64+ folder) to check against a real ComfyUI")
+        pytest.skip("needs COMFYUI_PATH (a ComfyUI 0.3.60+ folder) to check against a real ComfyUI")
     path = Path(raw)
     if not (path / "nodes.py").is_file() or not (path / "main.py").is_file():
         pytest.skip(f"needs a ComfyUI folder at COMFYUI_PATH={raw} (no nodes.py/main.py there)")

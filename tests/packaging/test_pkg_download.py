@@ -59,7 +59,7 @@ def test_layout_matches_comfyui_folders() -> None:
     assert places["buffalo_l"] == "insightface/models/buffalo_l"
     assert places["antelopev2"] == "insightface/models/antelopev2"
     assert places["sdxl_base"] == "checkpoints/sd_xl_base_1.0.safetensors"
-    text = download.describe()
+    text = download.describe_layout()
     for entry in download.MANIFEST:
         assert f"ComfyUI/models/{entry.folder}/{entry.target}" in text
     assert "huggingface.co/pangly/UniID" in text
@@ -82,7 +82,7 @@ def test_second_source_used_when_first_fails(tmp_path: Path) -> None:
     comfy = _comfy(tmp_path)
     payload = _zip_bytes(tmp_path, BUFFALO.members)
     calls, fetch = _serving({BUFFALO.urls[0]: OSError("HTTP 404"), BUFFALO.urls[1]: payload})
-    path = download.install(BUFFALO, comfy / "models", BUFFALO.urls, fetch)
+    path = download.install_model_file(BUFFALO, comfy / "models", BUFFALO.urls, fetch)
     assert calls == list(BUFFALO.urls)
     assert (path / "det_10g.onnx").is_file()
 
@@ -100,7 +100,7 @@ def test_broken_pack_leaves_nothing_behind(tmp_path: Path, payload_kind: str, me
     }
     _, fetch = _serving({url: payloads[payload_kind] for url in BUFFALO.urls})
     with pytest.raises(CheckpointError, match=message) as info:
-        download.install(BUFFALO, comfy / "models", BUFFALO.urls, fetch)
+        download.install_model_file(BUFFALO, comfy / "models", BUFFALO.urls, fetch)
     assert "insightface/models/buffalo_l" in str(info.value).replace("\\", "/")
     assert not (comfy / "models" / "insightface" / "models" / "buffalo_l").exists()
     assert _leftovers(comfy / "models") == []
@@ -115,13 +115,13 @@ def test_checksum_and_size_are_enforced(tmp_path: Path) -> None:
     _, fetch = _serving({url: data})
     wrong_sha = dataclasses.replace(FACE_NET, sha256="0" * 64)
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
-        download.install(wrong_sha, comfy / "models", [url], fetch)
+        download.install_model_file(wrong_sha, comfy / "models", [url], fetch)
     wrong_size = dataclasses.replace(FACE_NET, size=len(data) + 1)
     with pytest.raises(CheckpointError, match="expected"):
-        download.install(wrong_size, comfy / "models", [url], fetch)
+        download.install_model_file(wrong_size, comfy / "models", [url], fetch)
     assert not FACE_NET.destination(comfy / "models").exists()
     right = dataclasses.replace(FACE_NET, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-    assert download.install(right, comfy / "models", [url], fetch).read_bytes() == data
+    assert download.install_model_file(right, comfy / "models", [url], fetch).read_bytes() == data
     assert _leftovers(comfy / "models") == []
 
 
@@ -130,7 +130,7 @@ def test_pickle_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
     url = "https://example.invalid/backbone.pth"
     _, fetch = _serving({url: b"definitely not a torch file"})
     with pytest.raises(CheckpointError, match="not a loadable state dict"):
-        download.install(FACE_NET, comfy / "models", [url], fetch)
+        download.install_model_file(FACE_NET, comfy / "models", [url], fetch)
 
 
 def test_manual_entries_say_where_files_go(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,7 @@ def test_comfy_registry_section(pyproject: dict) -> None:
     assert comfy["PublisherId"] == "uniid-comfy"
     assert comfy["DisplayName"] == "UniID"
     assert comfy["Icon"].startswith("https://")
-    assert comfy["requires-comfyui"] == ">=0.3.64"
+    assert comfy["requires-comfyui"] == ">=0.3.60"
 
 
 def test_existing_tool_sections_kept(pyproject: dict) -> None:

@@ -21,6 +21,20 @@ OFFICIAL_SETTINGS = "uniid_official_settings.json"
 """The one workflow whose point is the official settings (insightface buffalo_l); the others run with
 what requirements.txt installs."""
 EXPECTED = RUN_WITH_BUNDLED_DETECTOR | {OFFICIAL_SETTINGS}
+INTERFACE_V1 = Path(__file__).parent / "data" / "node_interface_v1.json"
+"""Our nodes' definitions as ComfyUI listed them before the move to the V3 schema (ComfyUI 0.3.64, the
+dump's placeholder files): ids, inputs with types, options, defaults and tooltips, outputs in order."""
+V3_ONLY_NODE_KEYS = (
+    "name", "category", "description", "output_is_list", "output_tooltips", "deprecated", "experimental",
+    "api_node", "python_module",
+)
+"""Keys a V3 node adds to its V1 definition; they describe the node (the V1 class had them as class
+attributes) but are not part of what a workflow or an API prompt sends."""
+V3_EXPLICIT_DEFAULTS = {"multiline": False, "multiselect": False}
+"""Options a V3 input writes out with their default value, which the V1 definition left implicit."""
+ADDED_CHOICES = {("UniIDFaceDetectorLoader", "provider"): ["MIGraphX"]}
+"""Choices appended since (the provider list now comes from uniid_core.face.providers, which had
+MIGraphX); saved values stay valid and the first choice, the default, is the same."""
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +202,7 @@ def test_comfyui_accepts_every_api_prompt(live: dict) -> None:
 def test_comfyui_reads_our_registry_metadata(live: dict) -> None:
     config = live["pyproject"]
     assert config["project"]["name"] == "comfyui-uniid"
-    assert config["project"]["supported_comfyui_version"] == ">=0.3.64"
+    assert config["project"]["supported_comfyui_version"] == ">=0.3.60"
     assert config["tool_comfy"]["publisher_id"] == "uniid-comfy"
 
 
@@ -201,3 +215,33 @@ def test_download_layout_matches_registered_folders(live: dict) -> None:
     for entry in MANIFEST:
         top = entry.folder.split("/")[0]
         assert f"models/{entry.folder}".startswith(registered[top]), entry
+
+
+def v1_view(node_def: dict) -> dict:
+    """A V3 node's definition as the V1 node listed it: combos as [choices, options], no V3-only keys,
+    no hidden inputs (ComfyUI fills those; prompts never carry them)."""
+    view = copy.deepcopy(node_def)
+    for key in V3_ONLY_NODE_KEYS:
+        view.pop(key, None)
+    view["input"].pop("hidden", None)
+    view["input_order"].pop("hidden", None)
+    for group in view["input"].values():
+        for name, spec in group.items():
+            options = {k: v for k, v in spec[1].items() if V3_EXPLICIT_DEFAULTS.get(k, object()) != v}
+            kind = options.pop("options") if spec[0] == "COMBO" else spec[0]
+            group[name] = [kind, options]
+    return view
+
+
+def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
+    """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order."""
+    before = json.loads(INTERFACE_V1.read_text())
+    assert sorted(before["nodes"]) == live["our_nodes"]
+    for name, node_def in before["nodes"].items():
+        now = v1_view(live["nodes"][name])
+        for (node, input_name), added in ADDED_CHOICES.items():
+            if node == name:
+                choices = now["input"]["required"][input_name][0]
+                assert choices[-len(added):] == added, (name, input_name, choices)
+                del choices[-len(added):]
+        assert now == node_def, name

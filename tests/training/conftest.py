@@ -175,16 +175,9 @@ def prepare_command(photo_dir: Path, out: Path, base: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def standin_insightface_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An insightface root with tiny stand-in buffalo_l models (SCRFD fires on red; genderage says 'man')."""
-    if importlib.util.find_spec("insightface") is None or importlib.util.find_spec("onnx") is None:
-        pytest.skip("needs the insightface and onnx packages to run FaceAnalysis on stand-in models")
-    from tests.face.conftest import _fake_genderage, _fake_scrfd
+    from tests.face.conftest import fake_insightface_root
 
-    root = tmp_path_factory.mktemp("insightface")
-    folder = root / "models" / "buffalo_l"
-    folder.mkdir(parents=True)
-    _fake_scrfd(folder / "det_10g.onnx")
-    _fake_genderage(folder / "genderage.onnx")
-    return root
+    return fake_insightface_root(tmp_path_factory)
 
 
 def write_noise_images(folder: Path, count: int, size: int = 96) -> list[Path]:

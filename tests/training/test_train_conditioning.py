@@ -9,8 +9,7 @@ import torch
 from tests.training.conftest import tiny_face_net, train_config
 from training.components import (
     PromptCache,
-    attn2_modules,
-    build_uniid,
+    build_stage_model,
     draw_feature_dropout,
     encode_prompts,
     load_base,
@@ -19,6 +18,7 @@ from training.components import (
 )
 from training.config import TrainConfig
 from training.train import Trainer, sample_generators
+from uniid_core.family import diffusers_cross_attn
 from uniid_core.models.iresnet import FaceFeatures
 
 
@@ -96,8 +96,9 @@ def test_micro_conditioning_uses_original_size_and_fixed_target() -> None:
 def test_adapter_ip_weights_start_from_unet_kv(tiny_base: Path) -> None:
     base = load_base(str(tiny_base))
     config = TrainConfig(stage="adapter", num_adapter_tokens=4, adapter_hidden_dim=64)
-    model = build_uniid(config, base.unet, (64, 128), 192)
-    for (k_ip, v_ip), attn in zip(model.adapter_branch.ip_weights(), attn2_modules(base.unet), strict=True):
+    model = build_stage_model(config, base.unet, (base.text_encoder, base.text_encoder_2))
+    layers = diffusers_cross_attn(base.unet)
+    for (k_ip, v_ip), (_, _, attn) in zip(model.adapter_branch.ip_weights(), layers, strict=True):
         assert torch.equal(k_ip, attn.to_k.weight) and torch.equal(v_ip, attn.to_v.weight)
     tokens = model.adapter_branch(FaceFeatures.zeros(1))
     assert tokens.shape == (1, 4, 192)

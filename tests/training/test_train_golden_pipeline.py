@@ -1,4 +1,4 @@
-"""uniid_core.pipeline end to end against the official outputs (golden cases 1 and 2, final latents)."""
+"""uniid_core.diffusers_pipeline end to end against the official outputs (golden cases 1 and 2, latents)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from uniid_core.anchor import load_names
-from uniid_core.pipeline import GenerationSettings, UniIDPipeline
+from uniid_core.diffusers_pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.schedule import MergeSchedule
 
 CASES = {

@@ -1,4 +1,4 @@
-"""uniid_core.pipeline: the merge schedule is applied exactly, negatives carry no identity text tokens."""
+"""uniid_core.diffusers_pipeline: the merge schedule is exact, negatives carry no identity text tokens."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.training.conftest import tiny_face_net
-from training.components import attn2_layer_widths
+from uniid_core.diffusers_pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.diffusers_processor import uniid_processors
+from uniid_core.family import diffusers_layer_widths
 from uniid_core.models.uniid import UniIDConfig, UniIDModel
-from uniid_core.pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.schedule import MergeSchedule
 from uniid_core.splice import splice_text_tokens
 
@@ -30,7 +30,7 @@ def pipeline(tiny_base: Path) -> UniIDPipeline:
         adapter_hidden_dim=64,
         text_widths=(64, 128),
         context_dim=192,
-        layer_widths=attn2_layer_widths(sdxl.unet),
+        layer_widths=diffusers_layer_widths(sdxl.unet),
     )
     model = UniIDModel(config)
     with torch.no_grad():

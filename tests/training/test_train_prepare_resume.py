@@ -47,7 +47,7 @@ class SlowDetector(PreAlignedDetector):
         return super().detect(image)
 
 
-prepare.make_detector = lambda name, **options: SlowDetector()  # module level: spawned workers get it too
+prepare.make_detector = lambda backend, **options: SlowDetector()  # module level: spawned workers get it too
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when in background
@@ -114,7 +114,7 @@ def test_ctrl_c_saves_every_finished_image_and_the_rerun_continues(
                 raise KeyboardInterrupt
             return super().detect(image)
 
-    monkeypatch.setattr("training.prepare.make_detector", lambda name, **options: InterruptedDetector())
+    monkeypatch.setattr("training.prepare.make_detector", lambda backend, **options: InterruptedDetector())
     out = tmp_path / "ds"
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:

@@ -27,11 +27,6 @@ def class_word_from_gender(
     return ranked[0][0]
 
 
-def has_class_word(prompt: str) -> bool:
-    """Whether the prompt holds a `<class word>` placeholder."""
-    return CLASS_WORD_PATTERN.search(prompt) is not None
-
-
 def substitute_class_word(prompt: str, word: str) -> str:
     """Replace every `<class word>` placeholder (any common spelling, any case) with the class word."""
     return CLASS_WORD_PATTERN.sub(lambda _: word, prompt)

@@ -14,18 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from uniid_core.errors import FaceDetectionError
-from uniid_core.face.detect import DetectedFace, detect_on_padded_canvas
+from uniid_core.face.detect import DetectedFace, detect_with_padding
 from uniid_core.face.providers import INSTALL_HINTS, resolve_providers
 
 logger = logging.getLogger(__name__)
 
 DETECTION_PREFIXES = ("det_", "scrfd")
+OFFICIAL_PACK = "buffalo_l"
+"""The model pack of the official detector (insightface buffalo_l in the official inference.py)."""
+DEFAULT_ROOT = "~/.insightface"
+"""insightface's own model root (packs in <root>/models/<name>/)."""
 DEFAULT_DET_SIZE = 320
 """The official detection size (insightface buffalo_l at 320x320 in the official inference.py)."""
 DET_SIZE_LADDER = (256, 320, 384, 512, 640)
 GENDER_MODEL = "genderage.onnx"
 REQUIRED_FILES = {
-    "buffalo_l": ("det_10g.onnx", GENDER_MODEL),
+    OFFICIAL_PACK: ("det_10g.onnx", GENDER_MODEL),
     "antelopev2": ("scrfd_10g_bnkps.onnx", GENDER_MODEL),
 }
 """The files we load (detection + gender) of the packs as insightface's model zoo ships them."""
@@ -53,7 +57,7 @@ def _nested_folders(folder: Path) -> list[Path]:
     )
 
 
-def check_model_folder(root: str | Path, name: str = "buffalo_l") -> Path:
+def check_model_folder(root: str | Path, name: str = OFFICIAL_PACK) -> Path:
     """Return `<root>/models/<name>` if it holds a usable model pack, else raise saying which path to fix.
 
     A root that already ends in `models` (holding `<name>/`) is accepted too.
@@ -119,7 +123,7 @@ def _missing_files(name: str, present: list[str]) -> list[str]:
     return missing
 
 
-def find_model_pack(roots: str | Path | Sequence[str | Path], name: str = "buffalo_l") -> Path:
+def find_model_pack(roots: str | Path | Sequence[str | Path], name: str = OFFICIAL_PACK) -> Path:
     """The pack folder under the first root that holds it; when none does, an error naming every folder."""
     roots = [roots] if isinstance(roots, str | Path) else list(roots)
     searched = []
@@ -164,8 +168,8 @@ class InsightFaceDetector:
 
     def __init__(
         self,
-        root: str | Path | Sequence[str | Path] = "~/.insightface",
-        name: str = "buffalo_l",
+        root: str | Path | Sequence[str | Path] = DEFAULT_ROOT,
+        name: str = OFFICIAL_PACK,
         provider: str = "CPU",
         det_size: int | Sequence[int] = DEFAULT_DET_SIZE,
         det_thresh: float = 0.5,
@@ -233,10 +237,7 @@ class InsightFaceDetector:
 
     def detect(self, image_rgb: np.ndarray) -> list[DetectedFace]:
         """Detect faces down the det_size ladder; if none, once more on a padded canvas (tight crops)."""
-        faces = self._detect_ladder(image_rgb)
-        if faces or not self.pad_retry:
-            return faces
-        return detect_on_padded_canvas(self._detect_ladder, image_rgb)
+        return detect_with_padding(self._detect_ladder, image_rgb, self.pad_retry)
 
     def _detect_ladder(self, image_rgb: np.ndarray) -> list[DetectedFace]:
         """Try each det_size in turn and return the first non-empty result."""

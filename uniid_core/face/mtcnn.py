@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from uniid_core.errors import FaceDetectionError
-from uniid_core.face.detect import DetectedFace, detect_on_padded_canvas
+from uniid_core.face.detect import DetectedFace, detect_with_padding
 
 NET_FILES = {
     "pnet": ("pnet.onnx", ("conv2d_4", "softmax")),
@@ -191,10 +191,7 @@ class MTCNNDetector:
 
     def detect(self, image_rgb: np.ndarray) -> list[DetectedFace]:
         """Find faces; if none, look again with the image centred on a larger black canvas (tight crops)."""
-        faces = self._detect_resized(image_rgb)
-        if faces or not self.pad_retry:
-            return faces
-        return detect_on_padded_canvas(self._detect_resized, image_rgb)
+        return detect_with_padding(self._detect_resized, image_rgb, self.pad_retry)
 
     def _detect_resized(self, image: np.ndarray) -> list[DetectedFace]:
         """Detect on a copy no larger than max_side, mapping results back to the input's coordinates."""

@@ -5,15 +5,16 @@ from __future__ import annotations
 from uniid_core.errors import FaceDetectionError
 
 PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "migraphx": "MIGraphXExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "directml": "DmlExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
+    "CPU": "CPUExecutionProvider",
+    "CUDA": "CUDAExecutionProvider",
+    "ROCM": "ROCMExecutionProvider",
+    "CoreML": "CoreMLExecutionProvider",
+    "DirectML": "DmlExecutionProvider",
+    "OpenVINO": "OpenVINOExecutionProvider",
+    "TensorRT": "TensorrtExecutionProvider",
+    "MIGraphX": "MIGraphXExecutionProvider",
 }
+"""Accelerator names the front ends offer (CPU first, the fallback) -> onnxruntime provider names."""
 
 INSTALL_HINTS = {
     "CUDAExecutionProvider": "pip uninstall onnxruntime && pip install onnxruntime-gpu (matching CUDA/cuDNN)",
@@ -35,17 +36,12 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def friendly_providers() -> list[str]:
-    """Friendly names (as accepted by resolve_providers) of the providers available here."""
-    present = set(available_providers())
-    return [name for name, full in PROVIDERS.items() if full in present]
-
-
 def resolve_providers(provider: str = "CPU") -> list[str]:
     """Provider list for an onnxruntime session: the requested one first, CPU as fallback."""
     key = provider.strip().lower()
-    by_full_name = {full.lower(): full for full in PROVIDERS.values()}
-    full = PROVIDERS.get(key) or by_full_name.get(key)
+    known = {name.lower(): full for name, full in PROVIDERS.items()}
+    known.update({full.lower(): full for full in PROVIDERS.values()})
+    full = known.get(key)
     if full is None and key.endswith("executionprovider"):
         full = provider.strip()
     if full is None:

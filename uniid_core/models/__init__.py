@@ -4,7 +4,7 @@ from .adapter_branch import AdapterBranch
 from .iresnet import FaceFeatures, FaceRecognitionNet, iresnet100
 from .perceiver import FeedForward, PerceiverAttention
 from .text_branch import TextBranch
-from .uniid import UniIDConfig, UniIDModel, sdxl_layer_widths, weights_fingerprint
+from .uniid import UniIDConfig, UniIDModel, weights_fingerprint
 
 __all__ = [
     "AdapterBranch",
@@ -16,6 +16,5 @@ __all__ = [
     "UniIDConfig",
     "UniIDModel",
     "iresnet100",
-    "sdxl_layer_widths",
     "weights_fingerprint",
 ]

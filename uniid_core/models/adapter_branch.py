@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..family import SDXL
 from .iresnet import FaceFeatures
 from .perceiver import FeedForward, PerceiverAttention
 from .text_branch import stage_tokens
@@ -79,7 +80,7 @@ class AdapterBranch(nn.Module):
         num_tokens: int,
         hidden_dim: int,
         layer_widths: dict[int, int],
-        context_dim: int = 2048,
+        context_dim: int = SDXL.context_dim,
         depth: int = 6,
         dim_head: int = 64,
     ) -> None:

@@ -31,12 +31,6 @@ class FaceFeatures:
         """Number of faces held."""
         return self.embedding.shape[0]
 
-    def zeros_like(self) -> FaceFeatures:
-        """All-zero features of the same shapes (negative tokens and condition dropout)."""
-        return FaceFeatures(
-            torch.zeros_like(self.embedding), tuple(torch.zeros_like(h) for h in self.hidden_states)
-        )
-
     @classmethod
     def zeros(
         cls, batch: int = 1, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32

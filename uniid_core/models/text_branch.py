@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..family import SDXL
 from .iresnet import FaceFeatures
 from .perceiver import FeedForward, PerceiverAttention
 
@@ -53,7 +54,7 @@ class TextBranch(nn.Module):
     def __init__(
         self,
         num_tokens: int,
-        widths: tuple[int, int] = (768, 1280),
+        widths: tuple[int, int] = SDXL.text_widths,
         face_dim: int = 512,
         depth: int = 4,
         dim_head: int = 64,

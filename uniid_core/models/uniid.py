@@ -11,19 +11,17 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UniIDError
+from ..family import SDXL
 from .adapter_branch import AdapterBranch
 from .iresnet import FaceFeatures
 from .text_branch import TextBranch
 
-SDXL_TEXT_WIDTHS = (768, 1280)
-SDXL_CONTEXT_DIM = 2048
 FINGERPRINT_SAMPLES = 64  # values sampled per tensor; keeps hashing the 180M-parameter model in milliseconds
-
-
-def sdxl_layer_widths() -> dict[int, int]:
-    """Official processor index -> attn2 width for the SDXL UNet (70 layers, odd indices 1..139)."""
-    spans = ((1, 7, 640), (9, 47, 1280), (49, 107, 1280), (109, 119, 640), (121, 139, 1280))
-    return {i: width for first, last, width in spans for i in range(first, last + 1, 2)}
+RELEASED_TEXT_TOKENS = 3
+RELEASED_ADAPTER_TOKENS = 25
+RELEASED_ADAPTER_HIDDEN_DIM = 768
+"""Sizes of the official release (N text tokens, M adapter tokens, resampler width D); the trainer's
+defaults."""
 
 
 @dataclass
@@ -33,21 +31,25 @@ class UniIDConfig:
     num_text_tokens: int | None
     num_adapter_tokens: int | None
     adapter_hidden_dim: int | None
-    text_widths: tuple[int, int] = SDXL_TEXT_WIDTHS
-    context_dim: int = SDXL_CONTEXT_DIM
+    text_widths: tuple[int, int] = SDXL.text_widths
+    context_dim: int = SDXL.context_dim
     layer_widths: dict[int, int] = field(default_factory=dict)
-    family: str = "sdxl"
+    family: str = SDXL.name
     text_depth: int = 4
     adapter_depth: int = 6
 
     @classmethod
-    def sdxl(cls, num_text_tokens: int | None = 3, num_adapter_tokens: int | None = 25) -> UniIDConfig:
+    def sdxl(
+        cls,
+        num_text_tokens: int | None = RELEASED_TEXT_TOKENS,
+        num_adapter_tokens: int | None = RELEASED_ADAPTER_TOKENS,
+    ) -> UniIDConfig:
         """The released configuration (N=3, M=25, D=768) for SDXL's 70 cross-attention layers."""
         return cls(
             num_text_tokens=num_text_tokens,
             num_adapter_tokens=num_adapter_tokens,
-            adapter_hidden_dim=768 if num_adapter_tokens else None,
-            layer_widths=sdxl_layer_widths() if num_adapter_tokens else {},
+            adapter_hidden_dim=RELEASED_ADAPTER_HIDDEN_DIM if num_adapter_tokens else None,
+            layer_widths=SDXL.layer_widths() if num_adapter_tokens else {},
         )
 
     def to_metadata(self) -> dict[str, str]:
@@ -62,7 +64,7 @@ class UniIDConfig:
         """Inverse of ``to_metadata`` (unknown keys are ignored)."""
         fields = [k for k in cls.__dataclass_fields__ if k in metadata and k != "family"]
         raw = {k: json.loads(metadata[k]) for k in fields}
-        raw["family"] = metadata.get("family", "sdxl")
+        raw["family"] = metadata.get("family", SDXL.name)
         if "text_widths" in raw:
             raw["text_widths"] = tuple(raw["text_widths"])
         if "layer_widths" in raw:

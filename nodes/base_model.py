@@ -1,25 +1,13 @@
-"""Check that a ComfyUI MODEL is an SDXL UNet and list its cross-attention layers in UniID's order."""
+"""Check that a ComfyUI MODEL belongs to a base-model family and list its attn2 layers in official order.
+
+The facts (widths, look-alikes, layer order) are the family's (uniid_core.family); this module only reads
+them off ComfyUI's model objects.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from uniid_core.errors import ModelFamilyError
-
-SDXL_CONTEXT_DIM = 2048
-SDXL_ADM_CHANNELS = 2816
-
-
-@dataclass(frozen=True)
-class CrossAttnLayer:
-    """One attn2 layer: its ComfyUI replace key, its width (attn2 inner dim) and resolution level.
-
-    ``level`` counts the 2x downsamplings between the latent and the layer's token grid.
-    """
-
-    key: tuple[str, int, int]
-    width: int
-    level: int = 0
+from uniid_core.family import AttnBlock, BaseModelFamily, CrossAttnLayer, order_cross_attn
 
 
 def _describe(base_model: object) -> str:
@@ -29,8 +17,8 @@ def _describe(base_model: object) -> str:
     return f"{type(base_model).__name__} / {family}"
 
 
-def check_sdxl(model: object) -> None:
-    """Raise ModelFamilyError unless ``model`` (a ComfyUI ModelPatcher) holds an SDXL-family UNet."""
+def check_family(model: object, family: BaseModelFamily) -> None:
+    """Raise ModelFamilyError unless ``model`` (a ComfyUI ModelPatcher) holds a UNet of ``family``."""
     base = getattr(model, "model", None)
     config = getattr(base, "model_config", None)
     unet_config = getattr(config, "unet_config", None) or {}
@@ -40,19 +28,19 @@ def check_sdxl(model: object) -> None:
     is_unet = (
         diffusion is not None and hasattr(diffusion, "input_blocks") and hasattr(diffusion, "output_blocks")
     )
-    if is_unet and context_dim == SDXL_CONTEXT_DIM and adm == SDXL_ADM_CHANNELS:
+    if is_unet and context_dim == family.context_dim and adm == family.adm_channels:
         return
     hint = ""
-    if is_unet and context_dim == 768:
-        hint = " It looks like Stable Diffusion 1.x."
-    elif is_unet and context_dim == 1280:
-        hint = " It looks like the SDXL refiner, which UniID does not support."
+    other = family.look_alike(context_dim)
+    if is_unet and other is not None:
+        hint = f" It looks like {other.name}, which UniID does not support."
     elif not is_unet:
         hint = " It is not a UNet (Flux, SD3 and other transformer models are not supported)."
     raise ModelFamilyError(
-        f"UniID works only with SDXL base models (cross-attention width {SDXL_CONTEXT_DIM}, "
-        f"ADM {SDXL_ADM_CHANNELS}); the connected MODEL is {_describe(base)} with context_dim={context_dim}, "
-        f"adm_in_channels={adm}.{hint} Load an SDXL checkpoint (SDXL base, RealVisXL, Juggernaut XL, ...)."
+        f"UniID works only with {family.title} base models (cross-attention width {family.context_dim}, "
+        f"ADM {family.adm_channels}); the connected MODEL is {_describe(base)} with "
+        f"context_dim={context_dim}, adm_in_channels={adm}.{hint} Load an {family.title} checkpoint "
+        f"({family.examples})."
     )
 
 
@@ -71,20 +59,20 @@ def _has(block: object, kind: str) -> bool:
 
 
 def cross_attn_layers(model: object) -> list[CrossAttnLayer]:
-    """Every attn2 layer of the UNet in diffusers ``attn_processors`` order (down, up, then mid)."""
+    """Every attn2 layer of a ComfyUI UNet (any depth and width) in the official order."""
     diffusion = model.model.diffusion_model
-    layers: list[CrossAttnLayer] = []
+    blocks: list[AttnBlock] = []
     level = 0
     for number, block in enumerate(diffusion.input_blocks):
         depth, width = _stack_depth(block)
-        layers += [CrossAttnLayer(("input", number, i), width, level) for i in range(depth)]
+        blocks.append(AttnBlock("input", number, depth, width, level))
         level += _has(block, "Downsample")
     middle_level = level
     for number, block in enumerate(diffusion.output_blocks):
         depth, width = _stack_depth(block)
-        layers += [CrossAttnLayer(("output", number, i), width, level) for i in range(depth)]
+        blocks.append(AttnBlock("output", number, depth, width, level))
         level -= _has(block, "Upsample")
     if getattr(diffusion, "middle_block", None) is not None:
         depth, width = _stack_depth(diffusion.middle_block)
-        layers += [CrossAttnLayer(("middle", 0, i), width, middle_level) for i in range(depth)]
-    return layers
+        blocks.append(AttnBlock("middle", 0, depth, width, middle_level))
+    return order_cross_attn(block for block in blocks if block.depth)

@@ -9,8 +9,8 @@ import pytest
 from uniid_core.errors import FaceDetectionError, NoFaceError
 from uniid_core.face.align import ARCFACE_TEMPLATE
 from uniid_core.face.detect import DetectedFace, make_detector, sort_left_to_right
-from uniid_core.face.pipeline import PreparedFaces, prepare_faces, select_face
 from uniid_core.face.preview import aligned_preview, draw_detections
+from uniid_core.face.references import PreparedFaces, prepare_faces, select_face
 
 
 def _face(x: float, size: float, score: float = 0.99, gender: str | None = None) -> DetectedFace:
