@@ -9,8 +9,11 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .apply import UniIDApply
+from .apply_simple import UniIDApplySimple
 from .encode import UniIDEncodeFace
+from .face_similarity import UniIDFaceSimilarity
 from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity
+from .loader_all_in_one import UniIDLoaderAllInOne
 from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader
 from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers
 from .paths import register_folders
@@ -27,6 +30,9 @@ NODES: list[type[io.ComfyNode]] = [
     UniIDTextEncode,
     UniIDOfficialSchedule,
     UniIDOfficialNoise,
+    UniIDLoaderAllInOne,
+    UniIDApplySimple,
+    UniIDFaceSimilarity,
 ]
 
 

@@ -6,7 +6,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from uniid_core.anchor import load_names
-from uniid_core.attention import rescaler_names
+from uniid_core.attention import BUILTIN_RESCALERS, rescaler_names
 from uniid_core.errors import CheckpointError, UniIDError
 from uniid_core.family import get_family
 from uniid_core.identity import check_identity_matches
@@ -21,6 +21,8 @@ from .schema import CATEGORY, UniIDNode
 from .sockets import UNIID, UNIID_IDENTITY, UniIDWeights
 
 MERGE_AT = ["step", "percent"]
+OFFICIAL = MergeSchedule()
+"""The official merge schedule (merge step 5, text 0.5 -> 1.8, adapter 0.8 -> 1.2)."""
 
 
 def _text_tokens(identity: object, clip: object | None, names_file: str = "official") -> torch.Tensor | None:
@@ -175,41 +177,85 @@ class UniIDApply(UniIDNode):
         merge_at: str = "step",
         merge_percent: float = 0.17,
     ) -> io.NodeOutput:
-        family = get_family(uniid.model.config.family)
-        check_family(model, family)
-        check_identity_matches(identity, uniid.model)
-        if merge_at not in MERGE_AT:
-            raise UniIDError(f"merge_at must be one of {MERGE_AT}, got {merge_at!r}")
-        sampling = model.get_model_object("model_sampling")
-        merge_sigma = float(sampling.percent_to_sigma(merge_percent)) if merge_at == "percent" else None
-        schedule = MergeSchedule(
-            merge_step,
-            text_scale_before,
-            text_scale_after,
-            adapter_scale_before,
-            adapter_scale_after,
-            merge_sigma,
-        )
-        text_tokens = _text_tokens(identity, clip, names_file)
-        layers = cross_attn_layers(model)
-        token_sets, ip_patcher = _token_sets(identity, uniid), None
-        if token_sets is not None:
-            ip_patcher = uniid.ip_patcher(compute_dtype(model.model))
-            _check_layers(layers, ip_patcher.model.widths(), uniid.source)
-        state = UniIDState(
-            token_sets=token_sets,
-            ip_patcher=ip_patcher,
-            schedule=schedule,
+        patched, spliced = apply_identity(
+            model,
+            positive,
+            uniid,
+            identity,
+            merge_step=merge_step,
+            text_scale_before=text_scale_before,
+            text_scale_after=text_scale_after,
+            adapter_scale_before=adapter_scale_before,
+            adapter_scale_after=adapter_scale_after,
             rescale=rescale,
-            sigma_start=float(sampling.percent_to_sigma(start_percent)),
-            sigma_end=float(sampling.percent_to_sigma(end_percent)),
-            levels=[layer.level for layer in layers],
+            start_percent=start_percent,
+            end_percent=end_percent,
+            clip=clip,
             mask=mask,
+            names_file=names_file,
+            merge_at=merge_at,
+            merge_percent=merge_percent,
         )
-        patched = model.clone()
-        install_patch(patched, state, layers)
-        spliced = splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag, family)
         return io.NodeOutput(patched, spliced)
+
+
+def apply_identity(
+    model,
+    positive,
+    uniid: UniIDWeights,
+    identity,
+    *,
+    merge_step: int = OFFICIAL.merge_step,
+    text_scale_before: float = OFFICIAL.text_before,
+    text_scale_after: float = OFFICIAL.text_after,
+    adapter_scale_before: float = OFFICIAL.adapter_before,
+    adapter_scale_after: float = OFFICIAL.adapter_after,
+    rescale: str = BUILTIN_RESCALERS[0],
+    start_percent: float = 0.0,
+    end_percent: float = 1.0,
+    clip=None,
+    mask=None,
+    names_file: str = "official",
+    merge_at: str = "step",
+    merge_percent: float = 0.17,
+) -> tuple[object, list]:
+    """The one implementation behind UniID Apply and UniID Apply (simple): a patched clone of ``model`` and
+    ``positive`` with the identity's text tokens spliced in. Defaults are the official settings."""
+    family = get_family(uniid.model.config.family)
+    check_family(model, family)
+    check_identity_matches(identity, uniid.model)
+    if merge_at not in MERGE_AT:
+        raise UniIDError(f"merge_at must be one of {MERGE_AT}, got {merge_at!r}")
+    sampling = model.get_model_object("model_sampling")
+    merge_sigma = float(sampling.percent_to_sigma(merge_percent)) if merge_at == "percent" else None
+    schedule = MergeSchedule(
+        merge_step,
+        text_scale_before,
+        text_scale_after,
+        adapter_scale_before,
+        adapter_scale_after,
+        merge_sigma,
+    )
+    text_tokens = _text_tokens(identity, clip, names_file)
+    layers = cross_attn_layers(model)
+    token_sets, ip_patcher = _token_sets(identity, uniid), None
+    if token_sets is not None:
+        ip_patcher = uniid.ip_patcher(compute_dtype(model.model))
+        _check_layers(layers, ip_patcher.model.widths(), uniid.source)
+    state = UniIDState(
+        token_sets=token_sets,
+        ip_patcher=ip_patcher,
+        schedule=schedule,
+        rescale=rescale,
+        sigma_start=float(sampling.percent_to_sigma(start_percent)),
+        sigma_end=float(sampling.percent_to_sigma(end_percent)),
+        levels=[layer.level for layer in layers],
+        mask=mask,
+    )
+    patched = model.clone()
+    install_patch(patched, state, layers)
+    spliced = splice_conditioning(positive, text_tokens, start_percent, end_percent, state.tag, family)
+    return patched, spliced
 
 
 def _token_sets(identity: object, uniid: UniIDWeights) -> torch.Tensor | None:

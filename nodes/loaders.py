@@ -8,7 +8,7 @@ from comfy_api.v0_0_2 import io
 
 from uniid_core.checkpoint import load_face_net, load_uniid
 from uniid_core.face.detect import face_backend_names
-from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE
+from uniid_core.face.insightface_backend import DEFAULT_DET_SIZE, OFFICIAL_PACK
 from uniid_core.face.providers import PROVIDERS
 from uniid_core.precision import DTYPES
 
@@ -47,13 +47,10 @@ class UniIDLoader(UniIDNode):
 
     @classmethod
     def execute(cls, uniid_name: str, dtype: str) -> io.NodeOutput:
-        path = paths.resolve_uniid_weights(uniid_name)
         bar = comfy.utils.ProgressBar(2)
-        with torch.inference_mode(False):
-            model = load_uniid(path, dtype=DTYPES.get(dtype), device="cpu")
-        model.eval().requires_grad_(False)
+        weights = load_uniid_weights(uniid_name, dtype)
         bar.update(2)
-        return io.NodeOutput(UniIDWeights(model=model, source=uniid_name, dtype_choice=dtype))
+        return io.NodeOutput(weights)
 
 
 class UniIDFaceNetLoader(UniIDNode):
@@ -79,8 +76,7 @@ class UniIDFaceNetLoader(UniIDNode):
 
     @classmethod
     def execute(cls, face_net_name: str) -> io.NodeOutput:
-        net = load_face_net(paths.resolve_face_net(face_net_name), device="cpu")
-        return io.NodeOutput(FaceNet(net=net, source=face_net_name))
+        return io.NodeOutput(load_face_net_choice(face_net_name))
 
 
 class UniIDFaceDetectorLoader(UniIDNode):
@@ -126,12 +122,37 @@ class UniIDFaceDetectorLoader(UniIDNode):
 
     @classmethod
     def execute(cls, backend: str, provider: str, insightface_model: str, det_size: int) -> io.NodeOutput:
-        settings = {
-            "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
-            "name": insightface_model,
-            "provider": provider,
-            "det_size": det_size,
-        }
-        spec = FaceDetectorSpec(backend=backend, settings=settings)
-        spec.get()
-        return io.NodeOutput(spec)
+        return io.NodeOutput(face_detector_spec(backend, provider, insightface_model, det_size))
+
+
+def load_uniid_weights(uniid_name: str, dtype: str) -> UniIDWeights:
+    """The UniID weights of a models/uniid choice, on the CPU (ComfyUI moves them when they are used)."""
+    path = paths.resolve_uniid_weights(uniid_name)
+    with torch.inference_mode(False):
+        model = load_uniid(path, dtype=DTYPES.get(dtype), device="cpu")
+    model.eval().requires_grad_(False)
+    return UniIDWeights(model=model, source=uniid_name, dtype_choice=dtype)
+
+
+def load_face_net_choice(face_net_name: str) -> FaceNet:
+    """The face net of a face-net dropdown choice ('<folder>/<file>'), on the CPU."""
+    net = load_face_net(paths.resolve_face_net(face_net_name), device="cpu")
+    return FaceNet(net=net, source=face_net_name)
+
+
+def face_detector_spec(
+    backend: str,
+    provider: str = "CPU",
+    insightface_model: str = OFFICIAL_PACK,
+    det_size: int = DEFAULT_DET_SIZE,
+) -> FaceDetectorSpec:
+    """A detector choice, built now so that a missing package or model pack is reported by the loader."""
+    settings = {
+        "root": paths.folder_dirs(paths.INSIGHTFACE_FOLDER),
+        "name": insightface_model,
+        "provider": provider,
+        "det_size": det_size,
+    }
+    spec = FaceDetectorSpec(backend=backend, settings=settings)
+    spec.get()
+    return spec

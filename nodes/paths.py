@@ -10,6 +10,7 @@ from uniid_core.anchor import BUILTIN_NAMES
 from uniid_core.checkpoint import is_uniid_file
 from uniid_core.errors import CheckpointError
 from uniid_core.face.insightface_backend import OFFICIAL_PACK, REQUIRED_FILES
+from uniid_core.face.recognition import may_be_recognition_model
 from uniid_core.release import (
     KIND_FACE_NET,
     UNIID_KINDS,
@@ -126,6 +127,24 @@ def insightface_model_choices() -> list[str]:
                 )
     found = sorted(names, key=lambda name: (name != OFFICIAL_PACK, name))
     return found or list(REQUIRED_FILES)
+
+
+def recognition_model_choices() -> list[str]:
+    """insightface face-recognition models (.onnx, e.g. models/buffalo_l/w600k_r50.onnx) under
+    models/insightface; its detection, landmark, gender and face-swap models are left out."""
+    return [
+        name
+        for name in folder_paths.get_filename_list(INSIGHTFACE_FOLDER)
+        if may_be_recognition_model(name) and _listable(name) and _has_content(INSIGHTFACE_FOLDER, name)
+    ]
+
+
+def resolve_insightface_file(name: str) -> str:
+    """Full path of a file in the insightface model folder (a recognition-model choice)."""
+    try:
+        return folder_paths.get_full_path_or_raise(INSIGHTFACE_FOLDER, name)
+    except FileNotFoundError as exc:
+        raise _missing(INSIGHTFACE_FOLDER, name) from exc
 
 
 def _missing(folder: str, name: str) -> CheckpointError:

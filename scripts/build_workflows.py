@@ -26,15 +26,22 @@ comes, listed as '<folder>/' (or a single uniid_sdxl.safetensors)
 packs into these folders and says where the rest goes.
 After adding files, press R (refresh) so the dropdowns list them."""
 
-DETECTOR_NOTE = """FACE DETECTOR: this graph uses mtcnn, which ships with the pack (no insightface, \
+BUNDLED_DETECTOR = """FACE DETECTOR: this graph uses mtcnn, which ships with the pack (no insightface, \
 no download); the class word becomes 'person' unless you type one in UniID Encode Face.
 
 To switch to insightface (the official detector; it reads gender, so class_word 'auto' gives \
 'man'/'woman'): `pip install insightface`, unzip buffalo_l.zip into \
-ComfyUI/models/insightface/models/buffalo_l/, press R, then set backend = insightface and \
+ComfyUI/models/insightface/models/buffalo_l/, press R, then """
+"""The detector note's start: what the graph uses and how to install insightface (then: where to set it)."""
+
+DETECTOR_NOTE = BUNDLED_DETECTOR + """set backend = insightface and \
 insightface_model = buffalo_l in 'UniID Face Detector Loader'.
 pre-aligned: your images already are 112x112 ArcFace crops.
 provider: CPU works everywhere; CUDA needs onnxruntime-gpu instead of onnxruntime."""
+
+ALL_IN_ONE_DETECTOR_NOTE = BUNDLED_DETECTOR + """set backend = insightface in \
+'UniID Loader (all-in-one)' (buffalo_l at det size 320 on the CPU, as the official script).
+Another pack, det size or a CUDA provider: use the three separate loaders (see uniid_advanced_schedule)."""
 
 OFFICIAL_DETECTOR_NOTE = """FACE DETECTOR: this graph uses insightface buffalo_l at det size 320, as the \
 official script does (it is part of what this workflow reproduces). It needs `pip install insightface` \
@@ -46,13 +53,25 @@ provider: CPU works everywhere; CUDA needs onnxruntime-gpu instead of onnxruntim
 
 BASIC_NOTE = """UniID BASIC: one reference photo -> a portrait of that person.
 
-1. Load an SDXL checkpoint.
+1. Load an SDXL checkpoint; pick the UniID weights and the face net in 'UniID Loader (all-in-one)'.
 2. Load a clear, frontal photo in 'Reference photo'.
 3. Write the prompt; keep '<class word>' where the person goes (it becomes man/woman/person).
 4. Queue. 'Aligned faces' shows the face that was used.
 
-Defaults are the official ones: merge step 5 of 30, text 0.5 -> 1.8, adapter 0.8 -> 1.2, CFG 7.5, \
-1024x1024."""
+UniID Apply (simple) at strength 1.0 is the official schedule (merge step 5 of 30, text 0.5 -> 1.8, \
+adapter 0.8 -> 1.2); CFG 7.5, 1024x1024. Lower strength = more room for the prompt, higher = more \
+likeness, 0 = identity off. Every control: the template uniid_advanced_schedule (UniID Apply)."""
+
+SIMILARITY_NOTE = """SCORE WHAT WAS GENERATED: four images of the person, ranked by likeness.
+
+UniID Face Similarity finds the face in every generated image and compares it with the identity \
+(cosine similarity of the face net's embeddings; 1 = same direction). 'Scores' shows the table, best \
+first; 'Ranked' the images best first; the best one is saved. An image without a face scores NaN and \
+is listed last; it does not stop the run.
+
+Independent judge: put insightface's buffalo_l into ComfyUI/models/insightface/models/, press R, \
+pick models/buffalo_l/w600k_r50.onnx as scorer and connect 'Reference photo' to reference_photos \
+(needs onnxruntime). Compare scores of one scorer only."""
 
 MULTI_NOTE = """SEVERAL REFERENCE PHOTOS of the SAME person -> one identity.
 
@@ -128,12 +147,18 @@ class Common:
     """
 
     def __init__(self, graph: Graph, detector: str = "mtcnn", width: int = 1024, height: int = 1024,
-                 faces: bool = True, **detector_widgets: object) -> None:
+                 faces: bool = True, simple: bool = False, **detector_widgets: object) -> None:
         self.g = graph
         self.faces = faces
+        self.simple = simple
         self.ckpt = graph.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CHECKPOINT)
-        self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
-        if faces:
+        if simple:
+            self.uniid = graph.add("UniIDLoaderAllInOne", (0, 180), uniid_name=UNIID_WEIGHTS,
+                                   face_net_name=FACE_NET, backend=detector)
+            self.face_net = self.detector = self.uniid
+        else:
+            self.uniid = graph.add("UniIDLoader", (0, 180), uniid_name=UNIID_WEIGHTS, dtype="auto")
+        if faces and not simple:
             self.face_net = graph.add("UniIDFaceNetLoader", (0, 330), face_net_name=FACE_NET)
             self.detector = graph.add("UniIDFaceDetectorLoader", (0, 450), backend=detector,
                                       insightface_model="buffalo_l", provider="CPU", **detector_widgets)
@@ -147,15 +172,18 @@ class Common:
         self.g.note(start, START_POS, START_SIZE, "Start here")
         self.g.note(MODELS_NOTE, (-480, 0), (440, 340), "Model files")
         if self.faces:
-            self.g.note(DETECTOR_NOTE, (-480, 380), (440, 280), "Face detector")
+            note = ALL_IN_ONE_DETECTOR_NOTE if self.simple else DETECTOR_NOTE
+            self.g.note(note, (-480, 380), (440, 280), "Face detector")
 
-    def generate(self, identity_from: Node, text: str, prefix: str, **apply_widgets: object) -> Node:
-        """Prompt with <class word> -> UniID Apply on the checkpoint -> sampler and output; one identity."""
+    def generate(self, identity_from: Node, text: str, prefix: str, batch: int = 1,
+                 **apply_widgets: object) -> list[Node]:
+        """Prompt with <class word> -> UniID Apply on the checkpoint -> sampler and output; one identity.
+
+        Returns the sampling nodes (latent, sampler, decode, save)."""
         positive = self.prompt(text, (760, 0), identity_from)
         apply = self.apply((self.ckpt, "MODEL"), (positive, "conditioning"), identity_from, (1160, 0),
                            **apply_widgets)
-        self.sample((apply, "model"), (apply, "positive"), prefix)
-        return apply
+        return self.sample((apply, "model"), (apply, "positive"), prefix, batch=batch)
 
     def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
         """A UniID Encode Face node wired to the shared loaders and the given IMAGE source."""
@@ -176,8 +204,9 @@ class Common:
 
     def apply(self, model_from: tuple[Node, str], positive_from: tuple[Node, str], identity_from: Node,
               pos: tuple[float, float], mask_from: Node | None = None, **widgets: object) -> Node:
-        """A UniID Apply node: MODEL, positive CONDITIONING and identity in; patched versions out."""
-        node = self.g.add("UniIDApply", pos, **widgets)
+        """A UniID Apply node (the simple one in a simple graph): MODEL, positive CONDITIONING and identity
+        in; patched versions out."""
+        node = self.g.add("UniIDApplySimple" if self.simple else "UniIDApply", pos, **widgets)
         self.g.connect(model_from[0], model_from[1], node, "model")
         self.g.connect(positive_from[0], positive_from[1], node, "positive")
         self.g.connect(self.uniid, "uniid", node, "uniid")
@@ -188,9 +217,10 @@ class Common:
         return node
 
     def sample(self, model_from: tuple[Node, str], positive_from: tuple[Node, str], prefix: str,
-               x: float = 1560, steps: int = 30) -> list[Node]:
+               x: float = 1560, steps: int = 30, batch: int = 1) -> list[Node]:
         """Empty latent + KSampler (official 30 steps, CFG 7.5) -> VAE Decode -> Save Image."""
-        latent = self.g.add("EmptyLatentImage", (x, 0), width=self.size[0], height=self.size[1], batch_size=1)
+        latent = self.g.add("EmptyLatentImage", (x, 0), width=self.size[0], height=self.size[1],
+                            batch_size=batch)
         sampler = self.g.add("KSampler", (x, 200), seed=SEED, steps=steps, cfg=7.5, sampler_name="euler",
                              scheduler="normal", denoise=1.0)
         self.g.connect(model_from[0], model_from[1], sampler, "model")
@@ -212,17 +242,46 @@ class Common:
 
 
 def basic(schema: dict) -> dict:
-    """One photo -> portrait."""
+    """One photo -> portrait, on the simple nodes (all-in-one loader, UniID Apply (simple))."""
     g = Graph(schema)
-    c = Common(g)
+    c = Common(g, simple=True)
     photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
     encode = c.encode(photo, (380, 720))
     c.preview(encode, (760, 720))
     c.generate(encode, "a photo of a <class word>, portrait, natural light, detailed face", "uniid_basic")
     c.notes(BASIC_NOTE)
-    g.group("UniID models", [c.uniid, c.face_net, c.detector], "green")
+    g.group("UniID models", [c.uniid], "green")
     g.group("Identity from a photo", [photo, encode], "blue")
     return g.to_json("basic")
+
+
+def face_similarity(schema: dict) -> dict:
+    """Generate a batch of four, score every image against the identity, rank them, keep the best."""
+    g = Graph(schema)
+    c = Common(g, simple=True)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720))
+    c.preview(encode, (760, 720))
+    decode = c.generate(encode, "a photo of a <class word> at the seaside, summer light", "uniid_batch",
+                        batch=4)[2]
+    x, y = 1560, 600
+    score = g.add("UniIDFaceSimilarity", (x, y), node_width=360)
+    g.connect(decode, "IMAGE", score, "images")
+    g.connect(c.detector, "face_detector", score, "face_detector")
+    g.connect(c.face_net, "face_net", score, "face_net")
+    g.connect(encode, "identity", score, "identity")
+    table = g.add("PreviewAny", (x + 400, y), title="Scores", node_width=480)
+    g.connect(score, "table", table, "source")
+    ranked = g.add("PreviewImage", (x + 400, y + 260), title="Ranked, best first", node_width=480)
+    g.connect(score, "images_by_similarity", ranked, "images")
+    best = g.add("SaveImage", (x + 900, y + 260), title="Best image", node_width=400,
+                 filename_prefix="uniid_best")
+    g.connect(score, "best_image", best, "images")
+    c.notes(SIMILARITY_NOTE)
+    g.group("UniID models", [c.uniid], "green")
+    g.group("Identity from a photo", [photo, encode], "blue")
+    g.group("Score the batch", [score, table, ranked, best], "purple")
+    return g.to_json("face_similarity")
 
 
 def multi_reference(schema: dict) -> dict:
@@ -380,6 +439,7 @@ WORKFLOWS = {
     "uniid_load_identity.json": load_identity_workflow,
     "uniid_two_people_masks.json": two_people_masks,
     "uniid_official_settings.json": official_settings,
+    "uniid_face_similarity.json": face_similarity,
 }
 
 

@@ -37,7 +37,7 @@ CORE_TYPES = frozenset({
     "CheckpointLoaderSimple", "CLIPTextEncode", "KSampler", "KSamplerAdvanced", "EmptyLatentImage",
     "VAEDecode", "SaveImage", "PreviewImage", "LoadImage", "ImageBatch", "SolidMask", "MaskComposite",
     "FeatherMask", "MaskToImage", "ConditioningSetMask", "ConditioningCombine", "ConditioningConcat",
-    "ImageScale", "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect",
+    "ImageScale", "SamplerCustomAdvanced", "CFGGuider", "KSamplerSelect", "PreviewAny",
 })
 PLACEHOLDER_FILES = (
     "models/checkpoints/sd_xl_base_1.0.safetensors",

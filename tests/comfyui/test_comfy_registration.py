@@ -24,6 +24,9 @@ NODES = [
     "UniIDTextEncode",
     "UniIDOfficialSchedule",
     "UniIDOfficialNoise",
+    "UniIDLoaderAllInOne",
+    "UniIDApplySimple",
+    "UniIDFaceSimilarity",
 ]
 
 

@@ -244,8 +244,22 @@ def browser(comfy_server: str, chromium_path: str) -> Iterator[Chromium]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+DISPLAY_WIDGETS = {"PreviewAny": {"preview"}}
+"""Widgets the frontend adds to a node only to show a result (Preview Any's text box); they go into the
+queued prompt, and ComfyUI ignores them."""
+
+
 def _comparable(prompt: dict) -> dict:
-    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    return {
+        k: {
+            "class_type": v["class_type"],
+            "inputs": {
+                name: value for name, value in v["inputs"].items()
+                if name not in DISPLAY_WIDGETS.get(v["class_type"], ())
+            },
+        }
+        for k, v in prompt.items()
+    }
 
 
 def test_every_workflow_loads_and_renders(browser: Chromium, repo_root: Path, scripts_on_path: Path) -> None:

@@ -23,6 +23,9 @@ FACE_NET_KIND = "uniid-face-net"
 """Kind of the embeddings our IResNet-100 makes (and an Identity's face_embedding holds)."""
 RECOGNITION_FILES = ("w600k_r50.onnx", "glintr100.onnx")
 """The recognition models of insightface's buffalo_l and antelopev2 packs (as its model zoo names them)."""
+NOT_RECOGNITION_PREFIXES = ("det_", "scrfd", "retinaface", "1k3d68", "2d106det", "genderage", "inswapper")
+"""File-name starts of the other models insightface's packs and face-swap packs put next to the recognition
+model (detectors, landmarks, gender/age, face swap), as its model zoo names them."""
 DEFAULT_BATCH = 32
 
 
@@ -76,6 +79,15 @@ class FaceNetEmbedder:
                 x = faces_to_tensor(crops[start : start + self.batch_size])
                 rows.append(self.net(x.to(device=param.device, dtype=param.dtype)).embedding.float().cpu())
         return l2_normalize(torch.cat(rows).numpy()) if rows else np.zeros((0, 512), np.float32)
+
+
+def may_be_recognition_model(file_name: str | Path) -> bool:
+    """Whether an .onnx file may be a face-recognition model: not one of insightface's other model kinds.
+
+    A file that passes and still is no ArcFace model is refused with a clear message when it is loaded.
+    """
+    name = Path(file_name).name.lower()
+    return name.endswith(".onnx") and not name.startswith(NOT_RECOGNITION_PREFIXES)
 
 
 def find_recognition_model(path: str | Path) -> Path:
