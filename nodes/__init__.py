@@ -14,6 +14,7 @@ from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity
 from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader
 from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers
 from .paths import register_folders
+from .rescaler import UniIDRescaler, UniIDRescalerPerBlock
 from .text_encode import UniIDTextEncode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -22,6 +23,8 @@ NODES: list[type[io.ComfyNode]] = [
     UniIDFaceDetectorLoader,
     UniIDEncodeFace,
     UniIDApply,
+    UniIDRescaler,
+    UniIDRescalerPerBlock,
     UniIDSaveIdentity,
     UniIDLoadIdentity,
     UniIDTextEncode,

@@ -6,10 +6,10 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from uniid_core.anchor import load_names
-from uniid_core.attention import rescaler_names
 from uniid_core.errors import CheckpointError, UniIDError
 from uniid_core.family import get_family
 from uniid_core.identity import check_identity_matches
+from uniid_core.rescaler import Rescaler
 from uniid_core.schedule import MergeSchedule
 
 from .anchor_clip import anchor_for_clip
@@ -17,6 +17,7 @@ from .base_model import check_family, cross_attn_layers
 from .conditioning import splice_conditioning
 from .patch import UniIDState, compute_dtype, install_patch
 from .paths import names_choices, resolve_names
+from .rescaler import chosen_rescaler, rescaler_input, strategy_names
 from .schema import CATEGORY, UniIDNode
 from .sockets import UNIID, UNIID_IDENTITY, UniIDWeights
 
@@ -96,7 +97,7 @@ class UniIDApply(UniIDNode):
                 ),
                 io.Combo.Input(
                     "rescale",
-                    options=rescaler_names(),
+                    options=strategy_names(),
                     tooltip="How the adapter attention is added: normalized (official, scaled to the text "
                     "attention's norm), add (plain sum) or a registered strategy",
                 ),
@@ -150,6 +151,7 @@ class UniIDApply(UniIDNode):
                     "from which the 'after' scales apply; 0.17 is about step 5 of 30 with the normal "
                     "scheduler",
                 ),
+                rescaler_input(),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive")],
         )
@@ -174,6 +176,7 @@ class UniIDApply(UniIDNode):
         names_file: str = "official",
         merge_at: str = "step",
         merge_percent: float = 0.17,
+        rescaler: Rescaler | None = None,
     ) -> io.NodeOutput:
         family = get_family(uniid.model.config.family)
         check_family(model, family)
@@ -192,6 +195,7 @@ class UniIDApply(UniIDNode):
         )
         text_tokens = _text_tokens(identity, clip, names_file)
         layers = cross_attn_layers(model)
+        chosen = chosen_rescaler(rescale, rescaler)
         token_sets, ip_patcher = _token_sets(identity, uniid), None
         if token_sets is not None:
             ip_patcher = uniid.ip_patcher(compute_dtype(model.model))
@@ -200,11 +204,12 @@ class UniIDApply(UniIDNode):
             token_sets=token_sets,
             ip_patcher=ip_patcher,
             schedule=schedule,
-            rescale=rescale,
+            rescaler=chosen,
             sigma_start=float(sampling.percent_to_sigma(start_percent)),
             sigma_end=float(sampling.percent_to_sigma(end_percent)),
             levels=[layer.level for layer in layers],
             mask=mask,
+            layer_weights=chosen.layer_weights([layer.group for layer in layers]),
         )
         patched = model.clone()
         install_patch(patched, state, layers)

@@ -2,7 +2,8 @@
 
 ``Recorder`` is a DIFFUSION_MODEL wrapper (it runs inside ComfyUI's apply_model, after every UniID
 wrapper) that keeps, per call: the sigma, the cond list index of each batch chunk, the context the UNet
-got, and per UniID slot the token set each row's adapter keys came from and the adapter scale.
+got, and per UniID slot the token set each row's adapter keys came from and the adapter scale (of the
+first attn2 layer; the others differ only by the rescaler's layer weights).
 ``LoopTracker`` replaces the ``trange`` of ComfyUI's sampler modules so every call also knows the
 sampler's own loop index: an oracle for "which step is this" that does not use our step tracking.
 """
@@ -91,7 +92,7 @@ class Recorder:
             call.token_sets.append(
                 [next(i for i, s in enumerate(k_sets) if torch.equal(s, row)) for row in data.k]
             )
-            scale = data.scale.reshape(-1).float()
+            scale = data.scale[0].reshape(-1).float()
             call.scales.append((scale.expand(x.shape[0]) if scale.numel() == 1 else scale).tolist())
         self.calls.append(call)
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)

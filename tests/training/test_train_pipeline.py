@@ -51,7 +51,7 @@ def test_merge_schedule_switches_text_and_adapter_scales(pipeline: UniIDPipeline
 
     def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         scales = {p.scale for p in uniid_processors(module)}
-        rescales = {p.rescale for p in uniid_processors(module)}
+        rescales = {p.rescaler.strategy for p in uniid_processors(module)}
         calls.append((kwargs["encoder_hidden_states"].clone(), scales, rescales))
 
     hook = pipeline.sdxl.unet.register_forward_pre_hook(record, with_kwargs=True)
@@ -59,7 +59,7 @@ def test_merge_schedule_switches_text_and_adapter_scales(pipeline: UniIDPipeline
         pipeline(identity, settings, output_type="latent")
     finally:
         hook.remove()
-    assert {p.rescale for p in uniid_processors(pipeline.sdxl.unet)} == {"normalized"}
+    assert {p.rescaler.strategy for p in uniid_processors(pipeline.sdxl.unet)} == {"normalized"}
     positive, negative, _, _ = pipeline.sdxl.encode_prompt(
         "a photo of a woman", device="cpu", negative_prompt=settings.negative_prompt
     )
