@@ -44,7 +44,7 @@ def strategy_names() -> list[str]:
 
 def _strategies_with_params() -> str:
     described = [get_strategy(name).describe() for name in strategy_names() if get_strategy(name).params]
-    return "; ".join(described) if described else "none of the registered strategies has parameters"
+    return "; ".join(described) if described else "the registered strategies take none"
 
 
 def rescaler_input() -> io.Input:

@@ -13,6 +13,7 @@ RUN_WITH_BUNDLED_DETECTOR = {
     "uniid_basic.json",
     "uniid_multi_reference.json",
     "uniid_advanced_schedule.json",
+    "uniid_per_block.json",
     "uniid_save_identity.json",
     "uniid_load_identity.json",
     "uniid_two_people_masks.json",
@@ -238,12 +239,12 @@ def v1_view(node_def: dict) -> dict:
 def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
     """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order."""
     before = json.loads(INTERFACE_V1.read_text())
-    added = json.loads(INTERFACE_ADDED.read_text())
-    assert not set(before["nodes"]) & set(added["nodes"])
-    assert sorted([*before["nodes"], *added["nodes"]]) == live["our_nodes"]
+    additions = json.loads(INTERFACE_ADDED.read_text())
+    assert not set(before["nodes"]) & set(additions["nodes"])
+    assert sorted([*before["nodes"], *additions["nodes"]]) == live["our_nodes"]
     for name, node_def in before["nodes"].items():
         now = v1_view(live["nodes"][name])
-        for group, names in added["inputs"].get(name, {}).items():
+        for group, names in additions["inputs"].get(name, {}).items():
             order = now["input_order"][group]
             assert order[-len(names):] == names, f"{name}: new {group} inputs {names} must come last: {order}"
             del order[-len(names):]
