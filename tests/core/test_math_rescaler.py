@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,27 @@ def test_decoupled_attention_passes_the_layer_and_params():
     finally:
         unregister_rescaler("test_spy")
     assert seen == [(7, pytest.approx(0.3))]
+
+
+def test_readme_registration_example_declares_a_working_strategy():
+    """The README's example pack, run as a module: collected, listed, parameters checked and used."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("#### A strategy from another node pack", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    example = types.ModuleType("readme_example_pack")
+    exec(compile(code, "README.md", "exec"), example.__dict__)
+    try:
+        assert collect_declared([example]) == ["capped_normalized"]
+        assert get_strategy("capped_normalized").any_layout
+        with pytest.raises(UniIDError, match="cap=-1 is outside"):
+            make_rescaler("capped_normalized", "cap=-1")
+        gen = torch.Generator().manual_seed(1)
+        text, ip = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 6, 8, generator=gen) * 0.01
+        scale = torch.tensor([[[0.8]], [[1.2]]])
+        uncapped = combine_identity(text, ip, scale, make_rescaler("capped_normalized", "cap=100"))
+        official = combine_identity(text, ip, scale, "normalized")
+        torch.testing.assert_close(uncapped, official, rtol=1e-4, atol=1e-4)  # its epsilon is always added
+        capped = combine_identity(text, ip, scale, make_rescaler("capped_normalized", "cap=2"))
+        torch.testing.assert_close(capped, combine_identity(text, ip, scale * 2, "add"))
+    finally:
+        unregister_rescaler("capped_normalized")
