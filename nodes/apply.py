@@ -195,7 +195,6 @@ class UniIDApply(UniIDNode):
         )
         text_tokens = _text_tokens(identity, clip, names_file)
         layers = cross_attn_layers(model)
-        chosen = chosen_rescaler(rescale, rescaler)
         token_sets, ip_patcher = _token_sets(identity, uniid), None
         if token_sets is not None:
             ip_patcher = uniid.ip_patcher(compute_dtype(model.model))
@@ -204,12 +203,11 @@ class UniIDApply(UniIDNode):
             token_sets=token_sets,
             ip_patcher=ip_patcher,
             schedule=schedule,
-            rescaler=chosen,
+            rescaler=chosen_rescaler(rescale, rescaler),
             sigma_start=float(sampling.percent_to_sigma(start_percent)),
             sigma_end=float(sampling.percent_to_sigma(end_percent)),
             levels=[layer.level for layer in layers],
             mask=mask,
-            layer_weights=chosen.layer_weights([layer.group for layer in layers]),
         )
         patched = model.clone()
         install_patch(patched, state, layers)

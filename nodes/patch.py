@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from uniid_core.attention import combine_identity, project_ip
-from uniid_core.rescaler import Rescaler
+from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
 from .conditioning import POSITIVE, mark_for, scale_rows
@@ -111,20 +111,19 @@ class UniIDState:
         token_sets: torch.Tensor | None,
         ip_patcher: object | None,
         schedule: MergeSchedule,
-        rescaler: Rescaler,
+        rescaler: str | Rescaler,
         sigma_start: float,
         sigma_end: float,
         levels: list[int],
         mask: torch.Tensor | None = None,
-        layer_weights: list[float] | None = None,
     ) -> None:
         self.tag = uuid.uuid4().hex
         self.slot = 0
         self.token_sets = None if token_sets is None else token_sets.detach().float().cpu()
         self.ip_patcher = ip_patcher
         self.schedule = schedule
-        self.rescaler = rescaler
-        self.layer_weights = [1.0] * len(levels) if layer_weights is None else list(layer_weights)
+        self.rescaler = as_rescaler(rescaler)
+        self.layer_weights = [1.0] * len(levels)
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
         self.limited = self.sigma_start < UNLIMITED_SIGMA or self.sigma_end > 0
@@ -467,8 +466,10 @@ def install_patch(model_patcher, state: UniIDState, layers: list) -> None:
     """Register the wrappers and one replace patch per layer on ``model_patcher`` (a clone), composing.
 
     The state's slot is the number of UniID Applies already on the model, so a stacked Apply finds its
-    own per-call tensors at transformer_options["uniid"][slot].
+    own per-call tensors at transformer_options["uniid"][slot]; its rescaler's per-layer weights are
+    resolved here for these layers (a position the model does not have is an error).
     """
+    state.layer_weights = state.rescaler.layer_weights([layer.group for layer in layers])
     options = model_patcher.model_options
     state.slot = len(ext.get_wrappers_with_key(ext.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, options, True))
     for wrapper_type, wrapper in WRAPPERS:
