@@ -61,7 +61,7 @@ class UniIDAttnProcessor(nn.Module):
     def _param_tensors(self, device: torch.device) -> dict[str, Tensor]:
         """The rescaler's parameter tensors on ``device``, made once per rescaler and device."""
         cached = self._params
-        if cached is None or cached[0] != self.rescaler or cached[1] != device:
+        if cached is None or cached[0] is not self.rescaler or cached[1] != device:
             cached = (self.rescaler, device, self.rescaler.param_tensors(device))
             self._params = cached
         return cached[2]

@@ -183,7 +183,7 @@ def _register_declared(entry: object, source: str) -> str | None:
     current = _REGISTRY.get(name) if isinstance(name, str) else None
     if current is not None and current.fn is fn:
         return None
-    if current is not None:
+    if current is not None and _DECLARED_FROM.get(name) != source:
         owner = _DECLARED_FROM.get(name, "code that registered it directly")
         _warn_once(source, f"rescaler {name!r} is already registered by {owner}; this one is ignored")
         return None
@@ -200,7 +200,8 @@ def collect_declared(modules: Iterable[object] | None = None) -> list[str]:
     """Register the strategies that imported modules declare in ``UNIID_RESCALERS``; the names added.
 
     Scans ``sys.modules`` by default (only module dictionaries are read, so no lazy module is
-    triggered). A strategy already registered under the same name by other code keeps its place.
+    triggered). A strategy already registered under the same name by other code keeps its place; a
+    module that declares a name again (reloaded) replaces its own strategy.
     """
     added = []
     for module in list(sys.modules.values()) if modules is None else modules:

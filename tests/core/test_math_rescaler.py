@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.core.test_math_processor import _cross_widths, _inputs, _Model, _tiny_unet
-from uniid_core.attention import combine_identity, decoupled_attention
+from uniid_core.attention import combine_identity, decoupled_attention, normalized_rescale
 from uniid_core.diffusers_processor import (
     install_uniid_processors,
     set_adapter_scale,
@@ -234,3 +234,15 @@ def test_readme_registration_example_declares_a_working_strategy():
         torch.testing.assert_close(capped, combine_identity(text, ip, scale * 2, "add"))
     finally:
         unregister_rescaler("capped_normalized")
+
+
+def test_a_reloaded_module_replaces_its_own_declaration():
+    first, second = types.ModuleType("test_reloaded_pack"), types.ModuleType("test_reloaded_pack")
+    setattr(first, DECLARATION, [{"name": "test_reloaded", "fn": _blend, "params": {"strength": 0.5}}])
+    setattr(second, DECLARATION, [{"name": "test_reloaded", "fn": normalized_rescale}])
+    try:
+        assert collect_declared([first]) == ["test_reloaded"]
+        assert collect_declared([second]) == ["test_reloaded"]
+        assert get_strategy("test_reloaded").fn is normalized_rescale
+    finally:
+        unregister_rescaler("test_reloaded")
