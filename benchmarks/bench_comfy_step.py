@@ -5,9 +5,12 @@ printed ratios (median patched / median plain time per step) are what mean somet
 drift with machine load. CPU: SDXL layout with model_channels 64 at 256x256. GPU: full SDXL at 1024x1024
 in fp16 (random weights, real shapes). ``--compile BACKEND`` adds both models compiled through ComfyUI's
 compile helper (what TorchCompileModel uses) and reports compiled UniID / compiled plain next to the
-eager ratio.
+eager ratio. ``--per-block SPEC`` adds the same identity applied with a UniID Rescaler Per Block of
+that layer spec (e.g. "input:1, middle:0.5, output:1.2") and reports it against plain and against
+the plain ``--rescale`` run.
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_comfy_step.py [--compile inductor]
+    COMFYUI_PATH=... python benchmarks/bench_comfy_step.py --per-block "input:1, middle:0.5, output:1.2"
     COMFYUI_PATH=... python benchmarks/bench_comfy_step.py --device cuda --size 1024 --compile cudagraphs
 """
 
@@ -109,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", default="none", help="also time both models under torch.compile with this backend"
     )
+    parser.add_argument(
+        "--per-block",
+        default="",
+        help="also time UniID with a UniID Rescaler Per Block of this layer spec (on top of --rescale)",
+    )
     args = parser.parse_args(argv)
     problem = _comfyui_problem(args.comfyui)
     if problem:
@@ -161,15 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     negative = [
         [torch.randn(1, 77, 2048, generator=gen), {"pooled_output": torch.randn(1, 1280, generator=gen)}]
     ]
-    patched, patched_positive = pack.apply.UniIDApply.execute(
-        model, positive, weights, identity, 2, 0.5, 1.8, 0.8, 1.2, args.rescale, 0.0, 1.0
-    )
+    schedule = (2, 0.5, 1.8, 0.8, 1.2, args.rescale, 0.0, 1.0)
+    patched, patched_positive = pack.apply.UniIDApply.execute(model, positive, weights, identity, *schedule)
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
     variants = {"plain": (model, positive), "uniid": (patched, patched_positive)}
+    if args.per_block:
+        (base,) = pack.rescaler.UniIDRescaler.execute(args.rescale, "")
+        (rescaler,) = pack.rescaler.UniIDRescalerPerBlock.execute(1.0, 1.0, 1.0, args.per_block, base)
+        variants["uniid_per_block"] = pack.apply.UniIDApply.execute(
+            model, positive, weights, identity, *schedule, rescaler=rescaler
+        )
     if args.compile != "none":
         from comfy_api.torch_helpers import set_torch_compile_wrapper
 
-        for name in ("plain", "uniid"):
+        for name in list(variants):
             compiled = variants[name][0].clone()
             set_torch_compile_wrapper(compiled, backend=args.compile)
             variants[f"{name}_compiled"] = (compiled, variants[name][1])
@@ -199,13 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device} ({torch.cuda.get_device_name() if full else 'cpu'}), threads "
         f"{torch.get_num_threads()}, {dtype}, {size}x{size}, batch 2 (CFG), {len(layers)} attn2 layers, "
         f"{args.steps} euler steps x {args.rounds} interleaved rounds, rescale {args.rescale}, "
-        f"compile {args.compile}, attention {comfy_attention.optimized_attention.__name__}"
+        f"per-block {args.per_block or 'off'}, compile {args.compile}, "
+        f"attention {comfy_attention.optimized_attention.__name__}"
     )
     for name, median in medians.items():
         every = [round(t * 1000, 1) for t in times[name]]
         print(f"{name:15s} median {median * 1000:.1f} ms/step (all: {every})")
     eager = medians["uniid"] / medians["plain"]
     print(f"ratio eager uniid/plain: {eager:.3f}")
+    for suffix, label in (("", "eager"), ("_compiled", "compiled")):
+        if f"uniid_per_block{suffix}" in medians:
+            per_block = medians[f"uniid_per_block{suffix}"]
+            print(
+                f"ratio {label} per-block/plain: {per_block / medians[f'plain{suffix}']:.3f}, "
+                f"per-block/uniid: {per_block / medians[f'uniid{suffix}']:.3f}"
+            )
     if args.compile != "none":
         compiled = medians["uniid_compiled"] / medians["plain_compiled"]
         print(f"ratio compiled uniid/plain: {compiled:.3f} ({compiled - eager:+.3f} vs eager)")

@@ -17,6 +17,7 @@ from .loader_all_in_one import UniIDLoaderAllInOne
 from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader
 from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers
 from .paths import register_folders
+from .rescaler import UniIDRescaler, UniIDRescalerPerBlock
 from .text_encode import UniIDTextEncode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -25,6 +26,8 @@ NODES: list[type[io.ComfyNode]] = [
     UniIDFaceDetectorLoader,
     UniIDEncodeFace,
     UniIDApply,
+    UniIDRescaler,
+    UniIDRescalerPerBlock,
     UniIDSaveIdentity,
     UniIDLoadIdentity,
     UniIDTextEncode,

@@ -6,10 +6,10 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from uniid_core.anchor import load_names
-from uniid_core.attention import BUILTIN_RESCALERS, rescaler_names
 from uniid_core.errors import CheckpointError, UniIDError
 from uniid_core.family import get_family
 from uniid_core.identity import check_identity_matches
+from uniid_core.rescaler import BUILTIN_RESCALERS, Rescaler
 from uniid_core.schedule import MergeSchedule
 
 from .anchor_clip import anchor_for_clip
@@ -17,6 +17,7 @@ from .base_model import check_family, cross_attn_layers
 from .conditioning import splice_conditioning
 from .patch import UniIDState, compute_dtype, install_patch
 from .paths import names_choices, resolve_names
+from .rescaler import chosen_rescaler, rescaler_input, strategy_names
 from .schema import CATEGORY, UniIDNode
 from .sockets import UNIID, UNIID_IDENTITY, UniIDWeights
 
@@ -98,7 +99,7 @@ class UniIDApply(UniIDNode):
                 ),
                 io.Combo.Input(
                     "rescale",
-                    options=rescaler_names(),
+                    options=strategy_names(),
                     tooltip="How the adapter attention is added: normalized (official, scaled to the text "
                     "attention's norm), add (plain sum) or a registered strategy",
                 ),
@@ -152,6 +153,7 @@ class UniIDApply(UniIDNode):
                     "from which the 'after' scales apply; 0.17 is about step 5 of 30 with the normal "
                     "scheduler",
                 ),
+                rescaler_input(),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive")],
         )
@@ -176,6 +178,7 @@ class UniIDApply(UniIDNode):
         names_file: str = "official",
         merge_at: str = "step",
         merge_percent: float = 0.17,
+        rescaler: Rescaler | None = None,
     ) -> io.NodeOutput:
         patched, spliced = apply_identity(
             model,
@@ -195,6 +198,7 @@ class UniIDApply(UniIDNode):
             names_file=names_file,
             merge_at=merge_at,
             merge_percent=merge_percent,
+            rescaler=rescaler,
         )
         return io.NodeOutput(patched, spliced)
 
@@ -218,6 +222,7 @@ def apply_identity(
     names_file: str = "official",
     merge_at: str = "step",
     merge_percent: float = 0.17,
+    rescaler: Rescaler | None = None,
 ) -> tuple[object, list]:
     """The one implementation behind UniID Apply and UniID Apply (simple): a patched clone of ``model`` and
     ``positive`` with the identity's text tokens spliced in. Defaults are the official settings."""
@@ -246,7 +251,7 @@ def apply_identity(
         token_sets=token_sets,
         ip_patcher=ip_patcher,
         schedule=schedule,
-        rescale=rescale,
+        rescaler=chosen_rescaler(rescale, rescaler),
         sigma_start=float(sampling.percent_to_sigma(start_percent)),
         sigma_end=float(sampling.percent_to_sigma(end_percent)),
         levels=[layer.level for layer in layers],

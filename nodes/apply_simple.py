@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from uniid_core.rescaler import Rescaler
+
 from .apply import OFFICIAL, apply_identity
+from .rescaler import rescaler_input
 from .schema import CATEGORY, UniIDNode
 from .sockets import UNIID, UNIID_IDENTITY, UniIDWeights
 
@@ -57,15 +60,25 @@ class UniIDApplySimple(UniIDNode):
                     "higher = stronger likeness. 0 turns the identity fully off: model and conditioning "
                     "pass through unchanged",
                 ),
+                rescaler_input(),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive")],
         )
 
     @classmethod
-    def execute(cls, model, positive, uniid: UniIDWeights, identity, clip, strength: float) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive,
+        uniid: UniIDWeights,
+        identity,
+        clip,
+        strength: float,
+        rescaler: Rescaler | None = None,
+    ) -> io.NodeOutput:
         if strength == 0:
             return io.NodeOutput(model, positive)
         patched, spliced = apply_identity(
-            model, positive, uniid, identity, clip=clip, **official_scales(strength)
+            model, positive, uniid, identity, clip=clip, rescaler=rescaler, **official_scales(strength)
         )
         return io.NodeOutput(patched, spliced)

@@ -15,7 +15,9 @@ cross-attention layer (all under the wrapper key "uniid"):
 - APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot].
 
 The attn2 patch only reads those tensors: no lock, cache or branch on values in the per-layer path, so
-torch.compile traces it once, and another identity or other scales reuse the compiled graph.
+torch.compile traces it once, and another identity, other scales or other per-layer weights of the
+rescaler reuse the compiled graph (the weights are folded into the per-call scale tensor, one row per
+layer; the strategy's parameters travel as tensors too).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from uniid_core.attention import combine_identity, project_ip
+from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
 from .conditioning import POSITIVE, mark_for, scale_rows
@@ -52,13 +55,17 @@ class UniIDCall(NamedTuple):
     """What the attn2 layers of one slot read for one model call (tensors only).
 
     ``k``/``v`` hold every layer's keys/values side by side, (B, M, sum of widths): each layer reads
-    its own column span, so a call hands the UNet two tensors instead of two per layer.
+    its own column span, so a call hands the UNet two tensors instead of two per layer. ``scale`` is
+    (layers, 1|B, 1, 1): the step's adapter scale times each layer's rescaler weight (times the
+    start/end gate per row); layer i reads ``scale[i]``. ``params`` are the rescaler strategy's
+    parameters as 0-dim tensors.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     scale: torch.Tensor
     regions: tuple[torch.Tensor, ...] | None
+    params: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ class UniIDState:
         token_sets: torch.Tensor | None,
         ip_patcher: object | None,
         schedule: MergeSchedule,
-        rescale: str,
+        rescaler: str | Rescaler,
         sigma_start: float,
         sigma_end: float,
         levels: list[int],
@@ -115,7 +122,8 @@ class UniIDState:
         self.token_sets = None if token_sets is None else token_sets.detach().float().cpu()
         self.ip_patcher = ip_patcher
         self.schedule = schedule
-        self.rescale = rescale
+        self.rescaler = as_rescaler(rescaler)
+        self.layer_weights = [1.0] * len(levels)
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
         self.limited = self.sigma_start < UNLIMITED_SIGMA or self.sigma_end > 0
@@ -226,7 +234,10 @@ class UniIDRun:
         schedule = state.schedule
         self.choice = StepChoice(False, schedule.text_after)
         self.kv = state.kv_stack(device, dtype) if state.has_adapter else None
-        self.scales = torch.tensor([schedule.adapter_before, schedule.adapter_after], device=device)
+        adapter = torch.tensor([schedule.adapter_before, schedule.adapter_after], dtype=torch.float32)
+        weights = torch.tensor(state.layer_weights, dtype=torch.float32)
+        self.scales = (adapter[:, None] * weights).reshape(2, -1, 1, 1, 1).to(device)
+        self.params = state.rescaler.param_tensors(device)
         self._gathered: dict[tuple, tuple] = {}
         self._regions: dict[tuple, tuple] = {}
 
@@ -258,9 +269,9 @@ class UniIDRun:
             self._gathered[layout] = gathered
         scale = self.scales[0 if self.choice.before else 1]
         if self.state.limited:
-            sigma = sigma.reshape(-1, 1, 1).to(self.device, torch.float32)
+            sigma = sigma.reshape(1, -1, 1, 1).to(self.device, torch.float32)
             scale = scale * ((sigma <= self.state.sigma_start) & (sigma >= self.state.sigma_end))
-        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape))
+        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape), self.params)
 
     def _regions_for(self, shape: torch.Size) -> tuple[torch.Tensor, ...] | None:
         """The mask resized to every level's token grid, (b, Lq, 1) float32 on the device, per latent size."""
@@ -400,7 +411,7 @@ class UniIDAttn2Replace:
         self.layer = layer
         self.start, self.stop = span
         self.level = level
-        self.rescale = state.rescale
+        self.rescaler = state.rescaler
         self.previous = previous
 
     def __call__(self, q, k, v, extra_options: dict) -> torch.Tensor:
@@ -416,7 +427,9 @@ class UniIDAttn2Replace:
         v_ip = call.v[:, :, self.start : self.stop].to(q.dtype)
         ip_out = _attention(q, k_ip, v_ip, extra_options)
         region = None if call.regions is None else call.regions[self.level]
-        return combine_identity(text_out, ip_out, call.scale, self.rescale, self.layer, region)
+        return combine_identity(
+            text_out, ip_out, call.scale[self.layer], self.rescaler, self.layer, region, params=call.params
+        )
 
     def __deepcopy__(self, memo: dict) -> UniIDAttn2Replace:
         twin = copy.copy(self)
@@ -453,8 +466,10 @@ def install_patch(model_patcher, state: UniIDState, layers: list) -> None:
     """Register the wrappers and one replace patch per layer on ``model_patcher`` (a clone), composing.
 
     The state's slot is the number of UniID Applies already on the model, so a stacked Apply finds its
-    own per-call tensors at transformer_options["uniid"][slot].
+    own per-call tensors at transformer_options["uniid"][slot]; its rescaler's per-layer weights are
+    resolved here for these layers (a position the model does not have is an error).
     """
+    state.layer_weights = state.rescaler.layer_weights([layer.group for layer in layers])
     options = model_patcher.model_options
     state.slot = len(ext.get_wrappers_with_key(ext.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, options, True))
     for wrapper_type, wrapper in WRAPPERS:

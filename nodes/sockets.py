@@ -1,8 +1,9 @@
 """The UniID socket types, each declared once for ComfyUI's V3 schema next to the object it carries.
 
 UNIID carries loaded weights (UniIDWeights), UNIID_IDENTITY an identity (uniid_core.identity.Identity),
-UNIID_FACE_NET the face-recognition net (FaceNet) and UNIID_FACE_DETECTOR a detector choice
-(FaceDetectorSpec).
+UNIID_FACE_NET the face-recognition net (FaceNet), UNIID_FACE_DETECTOR a detector choice
+(FaceDetectorSpec) and UNIID_RESCALER how the identity attention is added (uniid_core.rescaler.Rescaler:
+strategy, its parameters, per-layer weights).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ UNIID = io.Custom("UNIID")
 UNIID_IDENTITY = io.Custom("UNIID_IDENTITY")
 UNIID_FACE_NET = io.Custom("UNIID_FACE_NET")
 UNIID_FACE_DETECTOR = io.Custom("UNIID_FACE_DETECTOR")
+UNIID_RESCALER = io.Custom("UNIID_RESCALER")
 
 
 @dataclass

@@ -124,6 +124,18 @@ tokens, like the negative, and weaken both faces.
 Change the split by editing the masks (x of Mask person B = where the right half starts). Keep mask \
 size = image size."""
 
+PER_BLOCK_NOTE = """IDENTITY STRENGTH PER UNET BLOCK
+
+'UniID Rescaler Per Block' multiplies UniID Apply's adapter scales (before and after the merge step) \
+in each part of the UNet: input_blocks (down), middle_block and output_blocks (up), then single \
+cross-attention layers in 'layers', e.g. '0-3:0.5, 60:0' (SDXL has 70, numbered in the official \
+order: input 0-23, output 24-59, middle 60-69; a later entry wins).
+1 = unchanged (all 1 gives exactly the image without this node), 0 = no identity in that part.
+
+'UniID Rescaler' picks the strategy being weighted: normalized (official), add, or one another pack \
+registers (its parameters go in 'params'). Connected to Apply's 'rescaler' input, the chain replaces \
+Apply's 'rescale' choice. Compare settings with a fixed seed."""
+
 OFFICIAL_PROMPT = "A photo of a <class word> eating bread in front of the Eiffel Tower"
 OFFICIAL_NOTE = """THE OFFICIAL SCRIPT'S IMAGE (UniID inference.py) inside ComfyUI.
 
@@ -176,13 +188,13 @@ class Common:
             self.g.note(note, (-480, 380), (440, 280), "Face detector")
 
     def generate(self, identity_from: Node, text: str, prefix: str, batch: int = 1,
-                 **apply_widgets: object) -> list[Node]:
+                 rescaler_from: Node | None = None, **apply_widgets: object) -> list[Node]:
         """Prompt with <class word> -> UniID Apply on the checkpoint -> sampler and output; one identity.
 
         Returns the sampling nodes (latent, sampler, decode, save)."""
         positive = self.prompt(text, (760, 0), identity_from)
         apply = self.apply((self.ckpt, "MODEL"), (positive, "conditioning"), identity_from, (1160, 0),
-                           **apply_widgets)
+                           rescaler_from=rescaler_from, **apply_widgets)
         return self.sample((apply, "model"), (apply, "positive"), prefix, batch=batch)
 
     def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
@@ -203,7 +215,8 @@ class Common:
         return node
 
     def apply(self, model_from: tuple[Node, str], positive_from: tuple[Node, str], identity_from: Node,
-              pos: tuple[float, float], mask_from: Node | None = None, **widgets: object) -> Node:
+              pos: tuple[float, float], mask_from: Node | None = None, rescaler_from: Node | None = None,
+              **widgets: object) -> Node:
         """A UniID Apply node (the simple one in a simple graph): MODEL, positive CONDITIONING and identity
         in; patched versions out."""
         node = self.g.add("UniIDApplySimple" if self.simple else "UniIDApply", pos, **widgets)
@@ -214,6 +227,8 @@ class Common:
         self.g.connect(self.ckpt, "CLIP", node, "clip")
         if mask_from is not None:
             self.g.connect(mask_from, "MASK", node, "mask")
+        if rescaler_from is not None:
+            self.g.connect(rescaler_from, "rescaler", node, "rescaler")
         return node
 
     def sample(self, model_from: tuple[Node, str], positive_from: tuple[Node, str], prefix: str,
@@ -317,6 +332,24 @@ def advanced_schedule(schema: dict) -> dict:
                adapter_scale_after=1.0, rescale="normalized", start_percent=0.0, end_percent=1.0)
     c.notes(ADVANCED_NOTE)
     return g.to_json("advanced_schedule")
+
+
+def per_block(schema: dict) -> dict:
+    """UniID Rescaler -> UniID Rescaler Per Block -> UniID Apply's rescaler input (bundled mtcnn detector)."""
+    g = Graph(schema)
+    c = Common(g)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720))
+    c.preview(encode, (760, 720))
+    strategy = g.add("UniIDRescaler", (1160, 720), strategy="normalized", params="")
+    weights = g.add("UniIDRescalerPerBlock", (1160, 900), input_blocks=1.0, middle_block=1.0,
+                    output_blocks=0.7, layers="")
+    g.connect(strategy, "rescaler", weights, "rescaler")
+    c.generate(encode, "a photo of a <class word> in a sunlit library, portrait", "uniid_per_block",
+               rescaler_from=weights)
+    c.notes(PER_BLOCK_NOTE)
+    g.group("Rescaler", [strategy, weights], "yellow")
+    return g.to_json("per_block")
 
 
 def save_identity_workflow(schema: dict) -> dict:
@@ -435,6 +468,7 @@ WORKFLOWS = {
     "uniid_basic.json": basic,
     "uniid_multi_reference.json": multi_reference,
     "uniid_advanced_schedule.json": advanced_schedule,
+    "uniid_per_block.json": per_block,
     "uniid_save_identity.json": save_identity_workflow,
     "uniid_load_identity.json": load_identity_workflow,
     "uniid_two_people_masks.json": two_people_masks,

@@ -12,6 +12,7 @@ import yaml
 
 from uniid_core.errors import UniIDError
 from uniid_core.models.uniid import RELEASED_ADAPTER_HIDDEN_DIM, RELEASED_ADAPTER_TOKENS, RELEASED_TEXT_TOKENS
+from uniid_core.rescaler import Rescaler, rescaler_from_text
 
 STAGES = ("text", "adapter")
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -81,6 +82,9 @@ class TrainConfig:
     validation_resolution: int = 1024
     validation_guidance_scale: float = 7.5
     validation_merge_step: int = 5
+    validation_rescale: str = "normalized"
+    validation_rescale_params: str = ""
+    validation_layer_weights: str = ""
 
     logging_steps: int = 10
     report_to: str | None = "tensorboard"
@@ -102,10 +106,17 @@ class TrainConfig:
             raise UniIDError("prompt_template must contain {class_word}, e.g. 'a photo of a {class_word}'")
         if self.gradient_accumulation_steps < 1 or self.train_batch_size < 1:
             raise UniIDError("train_batch_size and gradient_accumulation_steps must be >= 1")
+        self.validation_rescaler()
         for key in ("max_steps_per_run", "max_run_minutes"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise UniIDError(f"{key} must be > 0 (or null for no limit), got {value}")
+
+    def validation_rescaler(self) -> Rescaler:
+        """The rescaler validation images are made with (strategy, its parameters, layer weights)."""
+        return rescaler_from_text(
+            self.validation_rescale, self.validation_rescale_params, self.validation_layer_weights
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logging and for saving next to checkpoints)."""

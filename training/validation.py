@@ -42,6 +42,7 @@ class Validator:
             for i in cfg.validation_indices
             if i < len(dataset)
         ]
+        rescaler = cfg.validation_rescaler()
         self.settings = [
             GenerationSettings(
                 prompt=prompt,
@@ -51,6 +52,7 @@ class Validator:
                 width=cfg.validation_resolution,
                 seed=cfg.seed,
                 schedule=MergeSchedule(merge_step=cfg.validation_merge_step),
+                rescale=rescaler,
             )
             for prompt in cfg.validation_prompts
         ]

@@ -1,13 +1,13 @@
 """Decoupled cross-attention math shared by every front end (diffusers, ComfyUI, trainer).
 
-``O_txt = attn(q, k, v)`` and ``O_ip = attn(q, k_ip, v_ip)`` use the same queries and heads; a named
-rescaler combines them. Built-ins: "normalized" (official per-row Frobenius rule with its epsilon rule)
-and "add" (official plain addition). Nothing in the per-layer path forces a host-device sync.
+``O_txt = attn(q, k, v)`` and ``O_ip = attn(q, k_ip, v_ip)`` use the same queries and heads; a rescaler
+(uniid_core.rescaler: a registered strategy, its parameters and per-layer weights) combines them.
+Nothing in the per-layer path forces a host-device sync. The strategy registry is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -15,96 +15,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UniIDError
+from .rescaler import (
+    BUILTIN_RESCALERS,
+    NORM_EPS,
+    Rescaler,
+    Scale,
+    add_rescale,
+    get_rescaler,
+    get_strategy,
+    normalized_rescale,
+    register_rescaler,
+    rescaler_names,
+    unregister_rescaler,
+)
 
-Scale = float | Tensor
-Rescaler = Callable[[Tensor, Tensor, Scale, Hashable | None], Tensor]
-
-NORM_EPS = 1e-6
-BUILTIN_RESCALERS = ("normalized", "add")
-
-
-@dataclass(frozen=True)
-class _Entry:
-    fn: Rescaler
-    any_layout: bool
-
-
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register_rescaler(name: str, fn: Rescaler, *, any_layout: bool = False) -> None:
-    """Register ``fn(text_out, ip_out, scale, layer) -> combined`` under ``name`` (replaces an existing one).
-
-    Tensors reach ``fn`` as (B, Lq, C); ``scale`` is a float or a float32 tensor (b, 1|Lq, 1) that
-    broadcasts against them (per-row scales and region masks folded together).
-    ``any_layout=True`` declares that ``fn`` only reduces per batch row (dim 0) over all other dims and
-    is otherwise elementwise, so it may be given the (B, heads, Lq, C/heads) layout to save a copy.
-    """
-    if not callable(fn):
-        raise UniIDError(f"rescaler {name!r} must be callable")
-    _REGISTRY[name] = _Entry(fn, any_layout)
-
-
-def unregister_rescaler(name: str) -> None:
-    """Remove a custom rescaler (the built-ins "normalized" and "add" stay)."""
-    if name in BUILTIN_RESCALERS:
-        raise UniIDError(f"the built-in rescaler {name!r} cannot be removed")
-    _REGISTRY.pop(name, None)
-
-
-def rescaler_names() -> list[str]:
-    """Registered rescalers: the official "normalized" first, then the others by name."""
-    official = BUILTIN_RESCALERS[0]
-    return [official, *sorted(name for name in _REGISTRY if name != official)]
-
-
-def get_rescaler(name: str) -> Rescaler:
-    """The rescaler registered under ``name``."""
-    return _entry(name).fn
-
-
-def _entry(name: str) -> _Entry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UniIDError(f"unknown adapter rescaler {name!r}; registered: {sorted(_REGISTRY)}") from None
-
-
-def _row_norms(x: Tensor) -> Tensor:
-    """Frobenius norm of each batch row over all other dims, in float32 (or wider), shaped to broadcast."""
-    dims = tuple(range(1, x.ndim))
-    return torch.linalg.vector_norm(
-        x, dim=dims, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)
-    )
-
-
-def normalized_rescale(
-    text_out: Tensor, ip_out: Tensor, scale: Scale, layer: Hashable | None = None
-) -> Tensor:
-    """Official rule: O_txt + s * (||O_txt|| / ||O_ip||) * O_ip, norms per batch row; +1e-6 if any tiny.
-
-    The scalar factor is formed on the (B, 1, 1) norms, so the big tensors see one multiply and one add
-    (unfused, rounding like the official code).
-    """
-    norm_txt = _row_norms(text_out)
-    norm_ip = _row_norms(ip_out)
-    factor = norm_txt / (norm_ip + (norm_ip.amin() < NORM_EPS) * NORM_EPS)
-    if isinstance(scale, Tensor):
-        factor = factor * scale.to(device=factor.device, dtype=torch.float32)
-    else:
-        factor = factor * float(scale)
-    return text_out + ip_out * factor.to(text_out.dtype)
-
-
-def add_rescale(text_out: Tensor, ip_out: Tensor, scale: Scale, layer: Hashable | None = None) -> Tensor:
-    """Official plain rule: O_txt + s * O_ip."""
-    if isinstance(scale, Tensor):
-        return text_out + ip_out * scale.to(device=text_out.device, dtype=text_out.dtype)
-    return text_out + ip_out * float(scale)
-
-
-register_rescaler("normalized", normalized_rescale, any_layout=True)
-register_rescaler("add", add_rescale, any_layout=True)
+__all__ = [
+    "BUILTIN_RESCALERS",
+    "NORM_EPS",
+    "IPKVCache",
+    "Rescaler",
+    "Scale",
+    "add_rescale",
+    "attention",
+    "combine_identity",
+    "decoupled_attention",
+    "get_rescaler",
+    "normalized_rescale",
+    "project_ip",
+    "region_mask_for_tokens",
+    "register_rescaler",
+    "rescaler_names",
+    "unregister_rescaler",
+]
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -154,26 +96,35 @@ def combine_identity(
     text_out: Tensor,
     ip_out: Tensor,
     adapter_scale: Scale,
-    rescale: str = "normalized",
+    rescale: str | Rescaler = "normalized",
     layer: Hashable | None = None,
     region_mask: Tensor | None = None,
     head_layout: bool = False,
+    params: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """The one combine rule of every front end: text attention + rescaled identity attention, (B, Lq, C).
 
     ``text_out``/``ip_out`` are (B, Lq, C), or (B, heads, Lq, C/heads) with ``head_layout`` (saves a
-    copy for rescalers registered with ``any_layout``). ``adapter_scale``: float or tensor broadcastable
-    to (B, 1, 1); ``region_mask`` (B|1, Lq, 1) multiplies it, so the adapter acts only inside the region
-    (mask 0 gives the text attention unchanged). The result has ``text_out``'s dtype, heads merged.
+    copy for strategies registered with ``any_layout``). ``adapter_scale``: float or tensor broadcastable
+    to (B, 1, 1), this layer's weight already folded in; ``region_mask`` (B|1, Lq, 1) multiplies it, so
+    the adapter acts only inside the region (mask 0 gives the text attention unchanged). ``rescale`` is
+    a strategy name or a Rescaler; ``params`` its parameter tensors (made from the Rescaler when not
+    given; the hot paths pass them ready). The result has ``text_out``'s dtype, heads merged.
     """
-    entry = _entry(rescale)
+    chosen = rescale if isinstance(rescale, Rescaler) else None
+    strategy = get_strategy(rescale if chosen is None else chosen.strategy)
+    if params is None and strategy.params:
+        values = chosen.params if chosen is not None else tuple((p.name, p.default) for p in strategy.params)
+        params = Rescaler(strategy.name, values).param_tensors(text_out.device)
+    extra = params or {}
     scale = _scale_tensor(adapter_scale, region_mask, text_out)
     if not head_layout:
-        return entry.fn(text_out, ip_out, scale, layer).to(text_out.dtype)
-    if entry.any_layout:
+        return strategy.fn(text_out, ip_out, scale, layer, **extra).to(text_out.dtype)
+    if strategy.any_layout:
         head_scale = scale.unsqueeze(1) if isinstance(scale, Tensor) else scale
-        return _merge_heads(entry.fn(text_out, ip_out, head_scale, layer)).to(text_out.dtype)
-    return entry.fn(_merge_heads(text_out), _merge_heads(ip_out), scale, layer).to(text_out.dtype)
+        return _merge_heads(strategy.fn(text_out, ip_out, head_scale, layer, **extra)).to(text_out.dtype)
+    merged = strategy.fn(_merge_heads(text_out), _merge_heads(ip_out), scale, layer, **extra)
+    return merged.to(text_out.dtype)
 
 
 def decoupled_attention(
@@ -184,25 +135,27 @@ def decoupled_attention(
     v_ip: Tensor,
     heads: int,
     adapter_scale: Scale,
-    rescale: str = "normalized",
+    rescale: str | Rescaler = "normalized",
     layer: Hashable | None = None,
     region_mask: Tensor | None = None,
     mask: Tensor | None = None,
+    params: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """Text attention plus the rescaled identity attention, (B, Lq, C), before ``to_out``.
 
     ``adapter_scale``: float or tensor broadcastable to (B, 1, 1); ``region_mask`` (B, Lq, 1) multiplies
     the adapter term; ``mask`` is an optional attention mask for the text keys only. The two attentions
-    are combined by ``combine_identity``.
+    are combined by ``combine_identity`` with ``rescale`` and ``params``.
     """
     qh = _split_heads(q, heads)
     text_h = F.scaled_dot_product_attention(
         qh, _split_heads(k, heads), _split_heads(v, heads), attn_mask=mask
     )
     ip_h = F.scaled_dot_product_attention(qh, _split_heads(k_ip, heads), _split_heads(v_ip, heads))
-    return combine_identity(text_h, ip_h, adapter_scale, rescale, layer, region_mask, head_layout=True).to(
-        q.dtype
+    combined = combine_identity(
+        text_h, ip_h, adapter_scale, rescale, layer, region_mask, head_layout=True, params=params
     )
+    return combined.to(q.dtype)
 
 
 def region_mask_for_tokens(mask: Tensor, num_tokens: int) -> Tensor:

@@ -18,6 +18,7 @@ from .diffusers_processor import (
     UniIDAttnProcessor,
     install_uniid_processors,
     set_adapter_scale,
+    set_rescaler,
     uniid_processors,
 )
 from .errors import UniIDError
@@ -25,6 +26,7 @@ from .face.class_word import substitute_class_word
 from .identity import Identity, check_identity_matches, encode_identity
 from .models.iresnet import FaceRecognitionNet
 from .models.uniid import UniIDModel
+from .rescaler import Rescaler
 from .schedule import MergeSchedule
 from .splice import splice_text_tokens
 
@@ -45,7 +47,8 @@ class GenerationSettings:
     seed: int = 0
     num_images: int = 1
     schedule: MergeSchedule = field(default_factory=MergeSchedule)
-    rescale: str = "normalized"
+    rescale: str | Rescaler = "normalized"
+    """A strategy name or a Rescaler (parameters and per-layer weights), as UniID Apply takes."""
 
 
 class UniIDPipeline:
@@ -168,9 +171,9 @@ class UniIDPipeline:
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = sdxl.prepare_extra_step_kwargs(generator, 0.0)
         processors = uniid_processors(unet)
-        saved = [(p.rescale, p.scale) for p in processors]
-        for processor in processors:
-            processor.rescale = settings.rescale
+        saved = [(p.rescaler, p.layer_weight, p.scale) for p in processors]
+        if processors:
+            set_rescaler(unet, settings.rescale)
         try:
             for i, t in enumerate(scheduler.timesteps):
                 is_before = settings.schedule.before_merge_at_step(i)
@@ -204,8 +207,9 @@ class UniIDPipeline:
         return self.sdxl.image_processor.postprocess(image.float(), output_type="pil")
 
 
-def _restore(processors: list[UniIDAttnProcessor], saved: list[tuple[str, Any]]) -> None:
-    """Put back each processor's rescale rule and scale (the trainer's UNet uses plain 'add' at scale 1)."""
-    for processor, (rescale, scale) in zip(processors, saved, strict=True):
-        processor.rescale = rescale
+def _restore(processors: list[UniIDAttnProcessor], saved: list[tuple[Rescaler, float, Any]]) -> None:
+    """Put back each processor's rescaler, layer weight and scale (the trainer's UNet uses 'add' at 1)."""
+    for processor, (rescaler, weight, scale) in zip(processors, saved, strict=True):
+        processor.rescaler = rescaler
+        processor.layer_weight = weight
         processor.scale = scale

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from .attention import IPKVCache, Scale, attention, decoupled_attention, project_ip, region_mask_for_tokens
 from .errors import CheckpointError, ModelFamilyError, UniIDError
-from .family import SDXL, diffusers_cross_attn, get_family
+from .family import SDXL, diffusers_block_group, diffusers_cross_attn, get_family
+from .rescaler import Rescaler, as_rescaler
 
 
 def _linear_from(weight: Tensor) -> nn.Linear:
@@ -24,7 +25,13 @@ def _linear_from(weight: Tensor) -> nn.Linear:
 
 
 class UniIDAttnProcessor(nn.Module):
-    """attn2 processor: text attention + scaled identity attention through to_k_ip/to_v_ip, then to_out."""
+    """attn2 processor: text attention + scaled identity attention through to_k_ip/to_v_ip, then to_out.
+
+    The identity term is combined by ``rescaler`` (a uniid_core.rescaler.Rescaler, the same object the
+    ComfyUI nodes pass); ``layer_weight`` is this layer's weight from it (set by ``set_rescaler``) and
+    multiplies ``scale``; ``position`` (the layer's place in the official order) is what the strategy
+    receives as its layer.
+    """
 
     def __init__(
         self,
@@ -32,20 +39,40 @@ class UniIDAttnProcessor(nn.Module):
         to_v_ip: nn.Linear,
         num_tokens: int,
         scale: Scale = 1.0,
-        rescale: str = "normalized",
+        rescale: str | Rescaler = "normalized",
         layer: Any = None,
         kv_cache: IPKVCache | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__()
         self.to_k_ip = to_k_ip
         self.to_v_ip = to_v_ip
         self.num_tokens = int(num_tokens)
         self.scale = scale
-        self.rescale = rescale
+        self.rescaler = as_rescaler(rescale)
+        self.layer_weight = 1.0
         self.layer = layer if layer is not None else id(self)
+        self.position = position
         self.kv_cache = kv_cache if kv_cache is not None else IPKVCache()
         self._region_mask: Tensor | None = None
         self._layer_masks: dict[int, Tensor] = {}
+        self._params: tuple[Rescaler, torch.device, dict[str, Tensor]] | None = None
+
+    def _param_tensors(self, device: torch.device) -> dict[str, Tensor]:
+        """The rescaler's parameter tensors on ``device``, made once per rescaler and device."""
+        cached = self._params
+        if cached is None or cached[0] is not self.rescaler or cached[1] != device:
+            cached = (self.rescaler, device, self.rescaler.param_tensors(device))
+            self._params = cached
+        return cached[2]
+
+    def _weighted_scale(self) -> Scale:
+        """The adapter scale times this layer's weight (a weight of 1 leaves the scale as it is)."""
+        if self.layer_weight == 1.0:
+            return self.scale
+        if isinstance(self.scale, Tensor):
+            return self.scale * self.layer_weight
+        return float(self.scale) * self.layer_weight
 
     @property
     def region_mask(self) -> Tensor | None:
@@ -123,7 +150,8 @@ class UniIDAttnProcessor(nn.Module):
         value = attn.to_v(text_context)
         if getattr(attn, "norm_q", None) is not None or getattr(attn, "norm_k", None) is not None:
             raise UniIDError("attention layers with q/k normalisation are not SDXL cross-attention layers")
-        if isinstance(self.scale, (int, float)) and self.scale == 0:
+        scale = self._weighted_scale()
+        if isinstance(scale, (int, float)) and scale == 0:
             hidden_states = attention(query, key, value, attn.heads, mask)
         else:
             k_ip, v_ip = self._identity_kv(identity, query.dtype)
@@ -134,11 +162,12 @@ class UniIDAttnProcessor(nn.Module):
                 k_ip,
                 v_ip,
                 attn.heads,
-                self.scale,
-                self.rescale,
-                self.layer,
+                scale,
+                self.rescaler,
+                self.layer if self.position is None else self.position,
                 self._mask_for(query.shape[1], query),
                 mask,
+                self._param_tensors(query.device),
             )
 
         hidden_states = attn.to_out[0](hidden_states)
@@ -168,13 +197,14 @@ def _ip_linears(model: Any) -> list[tuple[nn.Linear, nn.Linear]]:
 def install_uniid_processors(
     unet: Any,
     model: Any,
-    rescale: str = "normalized",
+    rescale: str | Rescaler = "normalized",
     scale: Scale = 1.0,
     kv_cache: IPKVCache | None = None,
 ) -> dict[str, Any]:
     """Put a UniIDAttnProcessor on every attn2 of a diffusers UNet (ascending official index order).
 
-    Returns the full processor dict that was installed (self-attention processors unchanged).
+    ``rescale``: a strategy name or a Rescaler (its layer weights are resolved here). Returns the full
+    processor dict that was installed (self-attention processors unchanged).
     """
     linears = _ip_linears(model)
     num_tokens = int(model.config.num_adapter_tokens)
@@ -198,15 +228,32 @@ def install_uniid_processors(
                 )
         key = f"{name}.processor"
         processors[key] = UniIDAttnProcessor(
-            to_k_ip, to_v_ip, num_tokens, scale=scale, rescale=rescale, layer=key, kv_cache=cache
+            to_k_ip, to_v_ip, num_tokens, scale=scale, layer=key, kv_cache=cache, position=index
         )
     unet.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
+    set_rescaler(unet, rescale)
     return processors
 
 
 def uniid_processors(unet: Any) -> list[UniIDAttnProcessor]:
     """The UniID processors installed on ``unet``, in diffusers order."""
     return [p for p in unet.attn_processors.values() if isinstance(p, UniIDAttnProcessor)]
+
+
+def set_rescaler(unet: Any, rescale: str | Rescaler) -> None:
+    """Combine every installed UniID processor's identity term with ``rescale`` (a name or a Rescaler).
+
+    The per-layer weights are resolved from the layers' block groups in official order, so a spec such
+    as 'middle:0.5' or '0-3:0' means the same layers here as in ComfyUI.
+    """
+    rescaler = as_rescaler(rescale)
+    cross = diffusers_cross_attn(unet)
+    weights = rescaler.layer_weights([diffusers_block_group(name) for _, name, _ in cross])
+    for (_, _, module), weight in zip(cross, weights, strict=True):
+        processor = module.processor
+        if isinstance(processor, UniIDAttnProcessor):
+            processor.rescaler = rescaler
+            processor.layer_weight = weight
 
 
 def set_adapter_scale(unet: Any, scale: Scale) -> None:

@@ -18,7 +18,10 @@ from .errors import ModelFamilyError
 
 BLOCK_ORDER = ("input", "output", "middle")
 """The order of UNet block kinds in diffusers' ``attn_processors`` (down blocks, up blocks, then the
-middle block), written with ComfyUI's block names; the official layer index follows it."""
+middle block), written with ComfyUI's block names; the official layer index follows it. These are also
+the block groups a rescaler's layer weights name."""
+DIFFUSERS_BLOCKS = {"down_blocks": "input", "up_blocks": "output", "mid_block": "middle"}
+"""diffusers' UNet block lists by the ComfyUI block kind they correspond to."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class CrossAttnLayer:
     key: tuple[str, int, int]
     width: int
     level: int = 0
+
+    @property
+    def group(self) -> str:
+        """The block group (input, output, middle) a rescaler's layer weights address it by."""
+        return self.key[0]
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,14 @@ def diffusers_cross_attn(unet: Any) -> list[tuple[int, str, Any]]:
         for index, name in enumerate(unet.attn_processors)
         if name.endswith("attn2.processor")
     ]
+
+
+def diffusers_block_group(name: str) -> str:
+    """The block group (input, output, middle) of a diffusers module name, e.g. 'up_blocks.0...'."""
+    top = name.split(".", 1)[0]
+    if top not in DIFFUSERS_BLOCKS:
+        raise ModelFamilyError(f"{name!r} is in none of the UNet's down, mid or up blocks")
+    return DIFFUSERS_BLOCKS[top]
 
 
 def diffusers_layer_widths(unet: Any) -> dict[int, int]:

@@ -22,6 +22,7 @@ from .face.image import load_image
 from .face.insightface_backend import DEFAULT_DET_SIZE, DEFAULT_ROOT, OFFICIAL_PACK
 from .face.references import prepare_faces
 from .precision import DTYPES, dtype_label
+from .rescaler import rescaler_from_text
 from .schedule import MergeSchedule
 
 OFFICIAL_SEED = 42
@@ -59,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rescale", default="normalized", help="adapter combination: normalized (official) or add"
+    )
+    parser.add_argument(
+        "--rescale-params", default="", help="parameters of the --rescale strategy, 'name=value, ...'"
+    )
+    parser.add_argument(
+        "--layer-weights",
+        default="",
+        help="adapter weight per block group or layer, e.g. 'input:1, middle:0.5, output:1.2' or '0-3:0'",
     )
     parser.add_argument("--width", type=int, default=1024, help="image width in pixels")
     parser.add_argument("--height", type=int, default=1024, help="image height in pixels")
@@ -109,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Path]:
     """Detect and align the references, encode the identity, sample, write PNGs; returns their paths."""
     args = parse_args(argv)
+    rescaler = rescaler_from_text(args.rescale, args.rescale_params, args.layer_weights)
     require_paths(
         path_problem("--base", args.base, "folder", "model_index.json", "a diffusers SDXL folder"),
         path_problem("--uniid", args.uniid),
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         seed=args.seed,
         num_images=args.num_images,
         schedule=schedule,
-        rescale=args.rescale,
+        rescale=rescaler,
     )
     images = pipeline(identity, settings)
     record = {
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "adapter_before": args.adapter_before,
         "adapter_after": args.adapter_after,
         "rescale": args.rescale,
+        **({"rescale_params": dict(rescaler.params)} if rescaler.params else {}),
+        **({"layer_weights": args.layer_weights} if rescaler.weights else {}),
         "width": args.width,
         "height": args.height,
         "seed": args.seed,

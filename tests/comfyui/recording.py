@@ -2,7 +2,8 @@
 
 ``Recorder`` is a DIFFUSION_MODEL wrapper (it runs inside ComfyUI's apply_model, after every UniID
 wrapper) that keeps, per call: the sigma, the cond list index of each batch chunk, the context the UNet
-got, and per UniID slot the token set each row's adapter keys came from and the adapter scale.
+got, and per UniID slot the token set each row's adapter keys came from and the adapter scale (of the
+first attn2 layer; the others differ only by the rescaler's layer weights).
 ``LoopTracker`` replaces the ``trange`` of ComfyUI's sampler modules so every call also knows the
 sampler's own loop index: an oracle for "which step is this" that does not use our step tracking.
 """
@@ -91,7 +92,7 @@ class Recorder:
             call.token_sets.append(
                 [next(i for i, s in enumerate(k_sets) if torch.equal(s, row)) for row in data.k]
             )
-            scale = data.scale.reshape(-1).float()
+            scale = data.scale[0].reshape(-1).float()
             call.scales.append((scale.expand(x.shape[0]) if scale.numel() == 1 else scale).tolist())
         self.calls.append(call)
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
@@ -123,3 +124,51 @@ def one_evaluation(model, positive, negative, sigma: float, cfg: float = 4.0, si
     sigmas = torch.tensor([sigma, 0.0])
     sampler = comfy.samplers.KSAMPLER(_one_evaluation)
     return guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, seed=0)
+
+
+class LayerRecorder:
+    """Wraps every attn2 replace patch of a model clone (``recorder.model``) and records, per layer key
+    and call, the largest difference between the patch's output and the text attention of the same
+    inputs: the identity term that layer added."""
+
+    def __init__(self, model) -> None:
+        self.model = model.clone()
+        self.terms: dict[tuple, list[float]] = {}
+        replaces = self.model.model_options["transformer_options"]["patches_replace"]["attn2"]
+        for key, patch in list(replaces.items()):
+            self.model.set_model_attn2_replace(_RecordedLayer(patch, key, self.terms), *key)
+
+    def by_group(self) -> dict[str, list[float]]:
+        """Every recorded identity term, by block group (input, middle, output)."""
+        groups: dict[str, list[float]] = {}
+        for key, terms in self.terms.items():
+            groups.setdefault(key[0], []).extend(terms)
+        return groups
+
+
+class _RecordedLayer:
+    """One wrapped attn2 patch (ComfyUI's patch protocol: call, to, models; shared by model clones)."""
+
+    def __init__(self, patch, key: tuple, terms: dict) -> None:
+        self.patch, self.key, self.terms = patch, key, terms
+
+    def __call__(self, q, k, v, extra_options):
+        import comfy.ldm.modules.attention as comfy_attention
+
+        out = self.patch(q, k, v, extra_options)
+        text = comfy_attention.optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
+        self.terms.setdefault(self.key, []).append(float((out - text).abs().max()))
+        return out
+
+    def __deepcopy__(self, memo: dict):
+        return self
+
+    def to(self, device_or_dtype):
+        self.patch = self.patch.to(device_or_dtype)
+        return self
+
+    def models(self) -> list:
+        return self.patch.models()

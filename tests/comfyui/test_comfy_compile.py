@@ -97,3 +97,38 @@ def test_uniid_compiles_like_the_plain_model(comfy, pack, mini_sdxl, mini_uniid,
     out = run(compiled(model), cond)["samples"]
     assert (backend.graphs, breaks()) == (1, 0), dict(dynamo["graph_break"])
     torch.testing.assert_close(out, run(model, cond)["samples"], rtol=0, atol=0)
+
+
+def test_per_block_rescaler_reuses_the_compiled_graph(comfy, pack, mini_sdxl, mini_uniid, dynamo):
+    """Layer weights are a tensor the layers index: a per-block rescaler, and new weights for it, add no
+    graph or break to the graph of the plain UniID model (a recompile would hand the backend another
+    graph); compiled and eager outputs agree."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    positive, negative = random_conditioning(1), random_conditioning(2)
+    backend = CountingBackend()
+    per_block = pack.rescaler.UniIDRescalerPerBlock
+
+    def run(model, cond, compile_it: bool = True):
+        if compile_it:
+            model = model.clone()
+            set_torch_compile_wrapper(model, backend=backend)
+        with torch.inference_mode():
+            latent = {"samples": torch.zeros(1, 4, 8, 8)}
+            out = comfy.nodes.common_ksampler(model, 0, 2, 4.0, "euler", "normal", cond, negative, latent)
+        return out[0]["samples"]
+
+    model, cond = pack.apply.UniIDApply.execute(
+        mini_sdxl, positive, mini_uniid, random_identity(mini_uniid, 1), **APPLY_ARGS
+    )
+    run(model, cond)
+    assert (backend.graphs, sum(dynamo["graph_break"].values())) == (1, 0)
+    for seed, weights in enumerate([(1.0, 0.5, 1.2, "0-1:0"), (0.0, 2.0, 0.7, "all:0.3, 9:1")], start=2):
+        (rescaler,) = per_block.execute(*weights)
+        identity = random_identity(mini_uniid, seed)
+        model, cond = pack.apply.UniIDApply.execute(
+            mini_sdxl, positive, mini_uniid, identity, **APPLY_ARGS, rescaler=rescaler
+        )
+        out = run(model, cond)
+        assert (backend.graphs, sum(dynamo["graph_break"].values())) == (1, 0), weights
+        torch.testing.assert_close(out, run(model, cond, compile_it=False), rtol=0, atol=0)

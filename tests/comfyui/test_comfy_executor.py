@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.comfyui.conftest import combo_choices, random_identity
+from tests.comfyui.conftest import REPO, combo_choices, random_identity
 
 API_PROMPT = Path(__file__).parent / "data" / "api_prompt_v1_nodes.json"
 """An API prompt written against the nodes before their move to ComfyUI's V3 schema: every UniID node
 with every input by its name (optional ones included), as scripts and saved API prompts send them."""
-INTERFACE_V1 = Path(__file__).parents[1] / "packaging" / "data" / "node_interface_v1.json"
-"""The nodes that existed before the V3 move (nodes added since are not in the saved prompt)."""
+ADDED_SINCE_V1 = Path(__file__).parents[1] / "packaging" / "data" / "node_interface_added.json"
+"""The nodes added since that prompt was written (listed on purpose)."""
 
 
 class _Server:
@@ -202,10 +203,10 @@ def test_api_prompt_written_for_the_v1_nodes_runs(comfy, model_files, uniid_weig
     identities = model_files / "uniid" / "identities"
     save_identity(random_identity(uniid_weights, 11), identities / "saved_before.safetensors")
     prompt = json.loads(API_PROMPT.read_text())
-    v1_nodes = set(json.loads(INTERFACE_V1.read_text())["nodes"])
     ours = {name for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
             if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.comfyui-uniid"}
-    assert v1_nodes <= ours and v1_nodes <= {node["class_type"] for node in prompt.values()}
+    added = set(json.loads(ADDED_SINCE_V1.read_text())["nodes"])
+    assert ours - added <= {node["class_type"] for node in prompt.values()}
     assert _run(comfy, prompt, "uniid-api-v1") == ["13", "14", "23", "24"]
     output = comfy.base / "output"
     latents = [load_file(str(next(output.glob(f"{name}_*.latent"))))["latent_tensor"]
@@ -282,3 +283,51 @@ def test_prompt_with_a_value_the_node_does_not_offer_is_refused_before_running(c
     details = {node: " ".join(e["details"] for e in found["errors"]) for node, found in node_errors.items()}
     assert "backend: 'dlib' is not one of ['insightface', 'mtcnn', 'pre-aligned']" in details["4"]
     assert "merge_step: 1001 is above the maximum 1000" in details["9"]
+
+
+def _shipped_per_block_prompt() -> dict:
+    """The shipped per-block workflow as an API prompt, on the test's small stand-in models (the random
+    test photo has no face for mtcnn, so the detector is pre-aligned here)."""
+    scripts = str(REPO / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import workflow_check
+
+    workflow = json.loads((REPO / "workflows" / "uniid_per_block.json").read_text())
+    prompt = workflow_check.ui_to_api(workflow, workflow_check.load_snapshot()["nodes"])
+    by_type = {node["class_type"]: node for node in prompt.values()}
+    assert by_type["UniIDApply"]["inputs"]["rescaler"][0] in prompt
+    by_type["CheckpointLoaderSimple"].update(class_type="UniIDTestModelSource", inputs={})
+    by_type["UniIDLoader"]["inputs"]["uniid_name"] = "small_uniid.safetensors"
+    by_type["UniIDFaceNetLoader"]["inputs"]["face_net_name"] = "insightface/face_small.safetensors"
+    by_type["UniIDFaceDetectorLoader"]["inputs"]["backend"] = "pre-aligned"
+    by_type["KSampler"]["inputs"]["steps"] = 2
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
+    decode = next(k for k, node in prompt.items() if node["class_type"] == "VAEDecode")
+    samples = prompt.pop(decode)["inputs"]["samples"]
+    save = {"samples": samples, "filename_prefix": "uniid_per_block_test"}
+    by_type["SaveImage"].update(class_type="SaveLatent", inputs=save)
+    return prompt
+
+
+def test_shipped_per_block_workflow_runs_and_bad_rescaler_widgets_are_refused(comfy, model_files):
+    """The shipped per-block graph validates and executes; a parameter the strategy does not take and a
+    layer spec that does not read stop the prompt before it runs."""
+    import execution
+    from safetensors.torch import load_file
+
+    prompt = _shipped_per_block_prompt()
+    _run(comfy, prompt, "uniid-per-block")
+    (saved,) = (comfy.base / "output").glob("uniid_per_block_test*.latent")
+    latent = load_file(str(saved))["latent_tensor"]
+    assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all()
+
+    by_type = {node["class_type"]: node for node in prompt.values()}
+    by_type["UniIDRescaler"]["inputs"]["params"] = "strength=2"
+    by_type["UniIDRescalerPerBlock"]["inputs"]["layers"] = "input:1, 5"
+    _, _, outputs, node_errors = asyncio.run(execution.validate_prompt("bad-rescaler", prompt, None))
+    save = next(k for k, node in prompt.items() if node["class_type"] == "SaveLatent")
+    assert save not in outputs, "the sampling branch must be refused (only the face preview may run)"
+    details = " ".join(e["details"] for found in node_errors.values() for e in found["errors"])
+    assert "rescaler 'normalized' has no parameter 'strength' (parameters: none)" in details
+    assert "'5': write each entry as selector:weight" in details

@@ -62,11 +62,12 @@ def test_simple_apply_at_strength_zero_passes_everything_through(pack, mini_sdxl
     assert model is mini_sdxl and out is positive
 
 
-def test_simple_apply_has_only_its_six_inputs(comfy):
+def test_simple_apply_has_only_its_six_inputs_and_the_rescaler_socket(comfy):
     node = comfy.nodes.NODE_CLASS_MAPPINGS["UniIDApplySimple"]
     inputs = node.INPUT_TYPES()
     assert list(inputs["required"]) == ["model", "positive", "uniid", "identity", "clip", "strength"]
-    assert not inputs.get("optional")
+    assert list(inputs.get("optional", {})) == ["rescaler"]
+    assert inputs["optional"]["rescaler"][0] == "UNIID_RESCALER"
     spec = inputs["required"]["strength"][1]
     assert spec["default"] == 1.0 and spec["min"] == 0.0 and "unchanged" in spec["tooltip"]
 

@@ -133,7 +133,7 @@ def test_install_order_counts_and_widths():
     )
     for processor, (k, _) in zip(ours, model.adapter_branch.ip_weights(), strict=True):
         assert processor.to_k_ip.weight is k
-        assert processor.rescale == "add" and processor.scale == 1.2 and processor.num_tokens == M
+        assert processor.rescaler.strategy == "add" and processor.scale == 1.2 and processor.num_tokens == M
     self_attn = [p for n, p in unet.attn_processors.items() if n.endswith("attn1.processor")]
     assert self_attn and not any(isinstance(p, UniIDAttnProcessor) for p in self_attn)
     set_adapter_scale(unet, 0.5)

@@ -51,7 +51,7 @@ def test_merge_schedule_switches_text_and_adapter_scales(pipeline: UniIDPipeline
 
     def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         scales = {p.scale for p in uniid_processors(module)}
-        rescales = {p.rescale for p in uniid_processors(module)}
+        rescales = {p.rescaler.strategy for p in uniid_processors(module)}
         calls.append((kwargs["encoder_hidden_states"].clone(), scales, rescales))
 
     hook = pipeline.sdxl.unet.register_forward_pre_hook(record, with_kwargs=True)
@@ -59,7 +59,7 @@ def test_merge_schedule_switches_text_and_adapter_scales(pipeline: UniIDPipeline
         pipeline(identity, settings, output_type="latent")
     finally:
         hook.remove()
-    assert {p.rescale for p in uniid_processors(pipeline.sdxl.unet)} == {"normalized"}
+    assert {p.rescaler.strategy for p in uniid_processors(pipeline.sdxl.unet)} == {"normalized"}
     positive, negative, _, _ = pipeline.sdxl.encode_prompt(
         "a photo of a woman", device="cpu", negative_prompt=settings.negative_prompt
     )
@@ -92,3 +92,32 @@ def test_same_seed_same_image(pipeline: UniIDPipeline) -> None:
     torch.testing.assert_close(first, pipeline(identity, settings, output_type="latent"), rtol=0, atol=0)
     settings.seed = 6
     assert not torch.allclose(first, pipeline(identity, settings, output_type="latent"))
+
+
+def test_generation_takes_the_rescaler_objects_of_the_nodes(pipeline: UniIDPipeline) -> None:
+    """A Rescaler with layer weights reaches every processor for the run, all-ones weights give the plain
+    image, a zero weight everywhere gives the image without the adapter, and the processors are put back."""
+    from uniid_core.rescaler import Rescaler, parse_layer_weights, rescaler_from_text
+
+    faces = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    identity = pipeline.encode_identity(faces)
+    settings = GenerationSettings(prompt="portrait", num_inference_steps=2, height=64, width=64, seed=3)
+    plain = pipeline(identity, settings, output_type="latent")
+    settings.rescale = rescaler_from_text("normalized", "", "input:1, middle:1, output:1")
+    assert torch.equal(pipeline(identity, settings, output_type="latent"), plain)
+
+    seen = []
+    hook = pipeline.sdxl.unet.register_forward_pre_hook(
+        lambda module, args: seen.append({(p.rescaler, p.layer_weight) for p in uniid_processors(module)})
+    )
+    settings.rescale = Rescaler().with_layer_weights(parse_layer_weights("middle:0.5, all:0"))
+    try:
+        silenced = pipeline(identity, settings, output_type="latent")
+    finally:
+        hook.remove()
+    assert seen and all(s == {(settings.rescale, 0.0)} for s in seen)
+    processors = uniid_processors(pipeline.sdxl.unet)
+    assert {(p.rescaler, p.layer_weight) for p in processors} == {(Rescaler(), 1.0)}
+    settings.rescale = "normalized"
+    settings.schedule = MergeSchedule(adapter_before=0.0, adapter_after=0.0)
+    assert torch.equal(silenced, pipeline(identity, settings, output_type="latent"))

@@ -28,6 +28,7 @@ def test_validation_images_and_tensorboard(
         validation_num_inference_steps=2,
         validation_resolution=64,
         validation_merge_step=1,
+        validation_layer_weights="middle:0.5, 0-1:0",
         report_to="tensorboard",
     )
     train(TrainConfig(**config), face_net=tiny_face_net())
@@ -36,6 +37,17 @@ def test_validation_images_and_tensorboard(
     assert len(pngs) == 2
     assert Image.open(pngs[0]).size == (64, 64)
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_validation_rescaler_is_read_and_checked_with_the_config(tmp_path: Path) -> None:
+    from uniid_core.errors import UniIDError
+
+    config = TrainConfig(validation_rescale="add", validation_layer_weights="middle:0.5")
+    assert config.validation_rescaler().describe() == "add, layer weights middle:0.5"
+    with pytest.raises(UniIDError, match="'middel' is neither a block group"):
+        TrainConfig(validation_layer_weights="middel:0.5")
+    with pytest.raises(UniIDError, match="'add' has no parameter 'strength'"):
+        TrainConfig(validation_rescale="add", validation_rescale_params="strength=1")
 
 
 def test_generate_command_writes_png_with_settings(
@@ -69,6 +81,8 @@ def test_generate_command_writes_png_with_settings(
             "64",
             "--seed",
             "7",
+            "--layer-weights",
+            "middle:0.5",
             "--out",
             str(tmp_path / "gen"),
         ]
@@ -79,3 +93,4 @@ def test_generate_command_writes_png_with_settings(
     settings = json.loads(image.text["uniid"])
     assert settings["seed"] == 7 and settings["steps"] == 2 and settings["merge_step"] == 1
     assert settings["prompt"] == "a photo of a person"
+    assert settings["rescale"] == "normalized" and settings["layer_weights"] == "middle:0.5"
