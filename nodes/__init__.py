@@ -10,6 +10,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .apply import UniIDApply
 from .encode import UniIDEncodeFace
+from .identity_batch import UniIDIdentityBatch
 from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity
 from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader
 from .official import UniIDOfficialNoise, UniIDOfficialSchedule, register_ksampler_schedulers
@@ -27,6 +28,7 @@ NODES: list[type[io.ComfyNode]] = [
     UniIDTextEncode,
     UniIDOfficialSchedule,
     UniIDOfficialNoise,
+    UniIDIdentityBatch,
 ]
 
 

@@ -16,6 +16,8 @@ from tests.comfyui.conftest import combo_choices, random_identity
 API_PROMPT = Path(__file__).parent / "data" / "api_prompt_v1_nodes.json"
 """An API prompt written against the nodes before their move to ComfyUI's V3 schema: every UniID node
 with every input by its name (optional ones included), as scripts and saved API prompts send them."""
+INTERFACE_V1 = Path(__file__).parents[1] / "packaging" / "data" / "node_interface_v1.json"
+"""The nodes that existed when that prompt was written (the stored interface of the V1 nodes)."""
 
 
 class _Server:
@@ -202,7 +204,8 @@ def test_api_prompt_written_for_the_v1_nodes_runs(comfy, model_files, uniid_weig
     prompt = json.loads(API_PROMPT.read_text())
     ours = {name for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
             if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == "custom_nodes.comfyui-uniid"}
-    assert ours <= {node["class_type"] for node in prompt.values()}
+    v1_nodes = set(json.loads(INTERFACE_V1.read_text())["nodes"])  # nodes added since are not in it
+    assert v1_nodes <= ours and v1_nodes <= {node["class_type"] for node in prompt.values()}
     assert _run(comfy, prompt, "uniid-api-v1") == ["13", "14", "23", "24"]
     output = comfy.base / "output"
     latents = [load_file(str(next(output.glob(f"{name}_*.latent"))))["latent_tensor"]
@@ -279,3 +282,80 @@ def test_prompt_with_a_value_the_node_does_not_offer_is_refused_before_running(c
     details = {node: " ".join(e["details"] for e in found["errors"]) for node, found in node_errors.items()}
     assert "backend: 'dlib' is not one of ['insightface', 'mtcnn', 'pre-aligned']" in details["4"]
     assert "merge_step: 1001 is above the maximum 1000" in details["9"]
+
+
+def test_identity_batch_and_negative_identity_prompt(comfy, model_files):
+    """Encode Face per_image on two photos + UniID Identity Batch with a third identity = 3 identities for
+    a latent batch of 3 (its size linked from the count output), a negative identity, the batch saved;
+    loaded again for a latent batch of 2 it is refused with a message naming both counts."""
+    from uniid_core.identity import load_identity
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(comfy.base / "input" / "face_2.png")
+    loaders = {
+        "2": ("UniIDLoader", {"uniid_name": "small_uniid.safetensors", "dtype": "auto"}),
+        "3": ("UniIDFaceNetLoader", {"face_net_name": "insightface/face_small.safetensors"}),
+        "4": ("UniIDFaceDetectorLoader", {"backend": "pre-aligned", "provider": "CPU",
+                                          "insightface_model": "buffalo_l", "det_size": 320}),
+    }
+
+    def encode(image: str, combine: str) -> dict:
+        return {"uniid": ["2", 0], "face_net": ["3", 0], "face_detector": ["4", 0], "image": [image, 0],
+                "face_selection": "largest", "face_index": 0, "combine": combine, "on_no_face": "error",
+                "class_word": "auto"}
+
+    def generate(identity: list, latent: dict, prefix: str) -> dict:
+        apply = {**_prompt()["9"]["inputs"], "positive": ["7", 0], "identity": identity,
+                 "negative_identity": ["21", 0]}
+        sampler = {**_prompt()["11"]["inputs"], "latent_image": ["10", 0]}
+        return {
+            "1": ("UniIDTestModelSource", {}),
+            "7": ("CLIPTextEncode", {"clip": ["1", 1], "text": "a photo of a person"}),
+            "8": ("CLIPTextEncode", {"clip": ["1", 1], "text": "lowres"}),
+            "9": ("UniIDApply", apply),
+            "10": ("EmptyLatentImage", {"width": 64, "height": 64, **latent}),
+            "11": ("KSampler", sampler),
+            "12": ("SaveLatent", {"samples": ["11", 0], "filename_prefix": prefix}),
+            "20": ("LoadImage", {"image": "face_2.png"}),
+            "21": ("UniIDEncodeFace", encode("20", "mean_features")),
+        }
+
+    nodes = {
+        **loaders,
+        **generate(["24", 0], {"batch_size": ["24", 2]}, "uniid_batch"),
+        "5": ("LoadImage", {"image": "face.png"}),
+        "22": ("ImageBatch", {"image1": ["5", 0], "image2": ["20", 0]}),
+        "23": ("UniIDEncodeFace", encode("22", "per_image")),
+        "24": ("UniIDIdentityBatch", {"identity_1": ["23", 0], "identity_2": ["21", 0]}),
+        "25": ("UniIDSaveIdentity", {"identity": ["24", 0], "name": "trio", "overwrite": True}),
+    }
+    prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in nodes.items()}
+    assert _run(comfy, prompt, "uniid-batch") == ["12", "25"]
+    latent = load_latent(next((comfy.base / "output").glob("uniid_batch_*.latent")))
+    assert latent.shape == (3, 4, 8, 8) and torch.isfinite(latent).all()
+    trio = load_identity(model_files / "uniid" / "identities" / "trio.safetensors")
+    assert trio.count == 3 and trio.adapter_tokens.shape == (3, 4, 2048)
+    assert trio.face_embedding.shape == (3, 512)
+    assert not torch.allclose(trio.adapter_tokens[0], trio.adapter_tokens[1], atol=1e-3)
+    torch.testing.assert_close(trio.adapter_tokens[1], trio.adapter_tokens[2])  # face_2 in the batch = alone
+
+    import execution
+
+    nodes = {**loaders, **generate(["26", 0], {"batch_size": 2}, "uniid_refused"),
+             "26": ("UniIDLoadIdentity", {"identity_file": "identities/trio.safetensors"})}
+    prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in nodes.items()}
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("refused", prompt, None))
+    assert valid, (error, node_errors)
+    executor = execution.PromptExecutor(_Server(), cache_type=False)
+    executor.execute(prompt, "refused", {}, outputs)
+    (error,) = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert error["node_id"] == "11"
+    assert "identity is a batch of 3 identities but the latent batch is 2" in error["exception_message"]
+
+
+def load_latent(path: Path) -> torch.Tensor:
+    """The latent tensor of a ComfyUI .latent file."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["latent_tensor"]
