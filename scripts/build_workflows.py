@@ -105,6 +105,30 @@ tokens, like the negative, and weaken both faces.
 Change the split by editing the masks (x of Mask person B = where the right half starts). Keep mask \
 size = image size."""
 
+IDENTITY_BATCH_NOTE = """A DIFFERENT PERSON IN EVERY IMAGE of one batch (an identity batch).
+
+UniID Apply gives identity i to image i of the latent batch (its adapter and its prompt tokens).
+- Persons A and B: their photos joined with Image Batch and encoded with combine = per_image: one \
+identity per photo, in batch order.
+- Person C: several photos of the same person (combine = mean_features) still make one identity.
+- UniID Identity Batch joins them: [A, B, C]. Its count sets Empty Latent Image's batch_size, so the \
+batch always fits (another size stops the sampler with a message). Chain another UniID Identity Batch \
+for a fourth person, or feed it saved identities (UniID Load Identity).
+
+The prompt is shared: <class word> becomes man/woman only when every face agrees (insightface), else \
+person."""
+
+NEGATIVE_IDENTITY_NOTE = """A NEGATIVE IDENTITY: steer away from a face.
+
+'Face to avoid' is encoded like the reference and connected to UniID Apply's negative_identity. Its \
+adapter tokens go where UniID otherwise puts zero-face tokens (the negative prompt's rows), so \
+guidance pushes the picture away from that face: a look-alike, or the reference photo itself to move \
+away from its expression, lighting or make-up.
+
+Disconnect negative_identity for the official behaviour (zero-face tokens). CFG and the adapter \
+scales set how strongly it acts. Only its adapter tokens are used; the negative prompt stays as \
+written."""
+
 OFFICIAL_PROMPT = "A photo of a <class word> eating bread in front of the Eiffel Tower"
 OFFICIAL_NOTE = """THE OFFICIAL SCRIPT'S IMAGE (UniID inference.py) inside ComfyUI.
 
@@ -157,9 +181,10 @@ class Common:
         self.sample((apply, "model"), (apply, "positive"), prefix)
         return apply
 
-    def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
+    def encode(self, image: Node, pos: tuple[float, float], title: str | None = None,
+               **widgets: object) -> Node:
         """A UniID Encode Face node wired to the shared loaders and the given IMAGE source."""
-        node = self.g.add("UniIDEncodeFace", pos, **widgets)
+        node = self.g.add("UniIDEncodeFace", pos, title=title, **widgets)
         self.g.connect(self.uniid, "uniid", node, "uniid")
         self.g.connect(self.face_net, "face_net", node, "face_net")
         self.g.connect(self.detector, "face_detector", node, "face_detector")
@@ -332,6 +357,55 @@ def two_people_masks(schema: dict) -> dict:
     return g.to_json("two_people_masks")
 
 
+def identity_batch(schema: dict) -> dict:
+    """Three people in one batch of three images: per-photo identities plus a multi-photo identity."""
+    g = Graph(schema)
+    c = Common(g)
+    photos = [g.add("LoadImage", (0, 720 + 380 * i + 140 * (i // 2)), title=title, image=name)
+              for i, (title, name) in enumerate((("Person A photo", "person_a.png"),
+                                                 ("Person B photo", "person_b.png"),
+                                                 ("Person C photo 1", "person_c.png"),
+                                                 ("Person C photo 2", "person_c_2.png")))]
+    pairs = []
+    for i in range(2):
+        pair = g.add("ImageBatch", (380, 1000 + 900 * i), node_width=200)
+        g.connect(photos[2 * i], "IMAGE", pair, "image1")
+        g.connect(photos[2 * i + 1], "IMAGE", pair, "image2")
+        pairs.append(pair)
+    per_photo = c.encode(pairs[0], (760, 720), title="Encode A, B (per_image)", combine="per_image")
+    person_c = c.encode(pairs[1], (760, 1620), title="Encode C (several photos)", combine="mean_features")
+    batch = g.add("UniIDIdentityBatch", (1160, 720), node_width=280)
+    g.connect(per_photo, "identity", batch, "identity_1")
+    g.connect(person_c, "identity", batch, "identity_2")
+    c.preview(per_photo, (1160, 920))
+    positive = c.prompt("a photo of a <class word>, portrait, natural light, detailed face", (760, 0), batch)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), batch, (1160, 0))
+    latent = c.sample((apply, "model"), (apply, "positive"), "uniid_identity_batch")[0]
+    g.connect(batch, "count", latent, "batch_size")
+    c.notes(IDENTITY_BATCH_NOTE)
+    g.group("Persons A and B: one identity per photo", [photos[0], photos[1], pairs[0], per_photo], "blue")
+    g.group("Person C: several photos, one identity", [photos[2], photos[3], pairs[1], person_c], "purple")
+    return g.to_json("identity_batch")
+
+
+def negative_identity(schema: dict) -> dict:
+    """One reference photo, and a second face whose adapter tokens go on the negative rows."""
+    g = Graph(schema)
+    c = Common(g)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720))
+    c.preview(encode, (760, 720))
+    avoid = g.add("LoadImage", (0, 1180), title="Face to avoid", image="face_to_avoid.png")
+    avoid_encode = c.encode(avoid, (380, 1180), title="Encode the face to avoid")
+    apply = c.generate(encode, "a photo of a <class word>, portrait, natural light, detailed face",
+                       "uniid_negative_identity")
+    g.connect(avoid_encode, "identity", apply, "negative_identity")
+    c.notes(NEGATIVE_IDENTITY_NOTE)
+    g.group("Identity from a photo", [photo, encode], "blue")
+    g.group("Negative identity", [avoid, avoid_encode], "red")
+    return g.to_json("negative_identity")
+
+
 def official_settings(schema: dict) -> dict:
     """The official inference.py's settings, schedule and first noise (SamplerCustomAdvanced)."""
     g = Graph(schema)
@@ -380,6 +454,8 @@ WORKFLOWS = {
     "uniid_load_identity.json": load_identity_workflow,
     "uniid_two_people_masks.json": two_people_masks,
     "uniid_official_settings.json": official_settings,
+    "uniid_identity_batch.json": identity_batch,
+    "uniid_negative_identity.json": negative_identity,
 }
 
 

@@ -359,3 +359,45 @@ def load_latent(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(str(path))["latent_tensor"]
+
+
+@pytest.mark.parametrize(
+    "name,latents", [("uniid_identity_batch.json", 3), ("uniid_negative_identity.json", 1)]
+)
+def test_shipped_batch_and_negative_identity_workflows_run(comfy, model_files, name, latents):
+    """The shipped workflows, converted to API prompts as the frontend does, on the small stand-in models
+    (pre-aligned detector: random photos have no face for mtcnn), 2 steps at 64x64."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    if str(repo / "scripts") not in sys.path:
+        sys.path.insert(0, str(repo / "scripts"))
+    import workflow_check
+
+    workflow = json.loads((repo / "workflows" / name).read_text())
+    prompt = workflow_check.ui_to_api(workflow, workflow_check.load_snapshot()["nodes"])
+    rng = np.random.default_rng(2)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node.update(class_type="UniIDTestModelSource", inputs={})
+        elif kind == "UniIDLoader":
+            inputs["uniid_name"] = "small_uniid.safetensors"
+        elif kind == "UniIDFaceNetLoader":
+            inputs["face_net_name"] = "insightface/face_small.safetensors"
+        elif kind == "UniIDFaceDetectorLoader":
+            inputs["backend"] = "pre-aligned"
+        elif kind == "LoadImage":
+            pixels = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(comfy.base / "input" / inputs["image"])
+        elif kind == "KSampler":
+            inputs["steps"] = 2
+        elif kind == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        elif kind == "VAEDecode":
+            save = {"samples": inputs["samples"], "filename_prefix": name}
+            node.update(class_type="SaveLatent", inputs=save)
+    prompt = {k: v for k, v in prompt.items() if v["class_type"] != "SaveImage"}
+    _run(comfy, prompt, name)
+    latent = load_latent(next((comfy.base / "output").glob(f"{name}_*.latent")))
+    assert latent.shape == (latents, 4, 8, 8) and torch.isfinite(latent).all()

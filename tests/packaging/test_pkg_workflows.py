@@ -16,6 +16,8 @@ RUN_WITH_BUNDLED_DETECTOR = {
     "uniid_save_identity.json",
     "uniid_load_identity.json",
     "uniid_two_people_masks.json",
+    "uniid_identity_batch.json",
+    "uniid_negative_identity.json",
 }
 OFFICIAL_SETTINGS = "uniid_official_settings.json"
 """The one workflow whose point is the official settings (insightface buffalo_l); the others run with
@@ -32,9 +34,20 @@ V3_ONLY_NODE_KEYS = (
 attributes) but are not part of what a workflow or an API prompt sends."""
 V3_EXPLICIT_DEFAULTS = {"multiline": False, "multiselect": False}
 """Options a V3 input writes out with their default value, which the V1 definition left implicit."""
-ADDED_CHOICES = {("UniIDFaceDetectorLoader", "provider"): ["MIGraphX"]}
+ADDED_CHOICES = {
+    ("UniIDFaceDetectorLoader", "provider"): ["MIGraphX"],
+    ("UniIDEncodeFace", "combine"): ["per_image"],
+}
 """Choices appended since (the provider list now comes from uniid_core.face.providers, which had
-MIGraphX); saved values stay valid and the first choice, the default, is the same."""
+MIGraphX; an identity batch per photo); saved values stay valid and the first choice, the default, is
+the same."""
+ADDED_INPUTS = {("UniIDApply", "optional"): ["negative_identity"]}
+"""Optional inputs appended since, after every stored one: a saved workflow without them loads and runs
+as before (not connected = the earlier behaviour)."""
+ADDED_NODES = ["UniIDIdentityBatch"]
+"""Nodes added since; no saved workflow from before uses them."""
+EXTENDED_TOOLTIPS = [("UniIDApply", "identity"), ("UniIDEncodeFace", "combine"), ("UniIDEncodeFace", "image")]
+"""Tooltips with a sentence appended since (identity batches); the stored text is still how they begin."""
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +102,28 @@ def test_save_workflow_runs_in_one_press_and_load_workflow_needs_no_face_models(
     assert {"UniIDSaveIdentity", "UniIDEncodeFace", "SaveImage"} <= save and "UniIDLoadIdentity" not in save
     load = {n["type"] for n in workflows["uniid_load_identity.json"]["nodes"]}
     assert "UniIDLoadIdentity" in load and not load & {"UniIDEncodeFace", "UniIDFaceNetLoader", "LoadImage"}
+
+
+def _links_into(workflow: dict, node_type: str, input_name: str) -> list[str]:
+    """Types of the nodes linked into ``input_name`` of every ``node_type`` node."""
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    found = []
+    for node in (n for n in workflow["nodes"] if n["type"] == node_type):
+        for socket in node["inputs"]:
+            if socket["name"] == input_name and socket["link"] is not None:
+                link = next(link for link in workflow["links"] if link[0] == socket["link"])
+                found.append(by_id[link[1]]["type"])
+    return found
+
+
+def test_identity_batch_and_negative_identity_workflows(workflows: dict) -> None:
+    batch = workflows["uniid_identity_batch.json"]
+    combines = {n["widgets_values"][2] for n in batch["nodes"] if n["type"] == "UniIDEncodeFace"}
+    assert combines == {"per_image", "mean_features"}
+    assert _links_into(batch, "UniIDApply", "identity") == ["UniIDIdentityBatch"]
+    assert _links_into(batch, "EmptyLatentImage", "batch_size") == ["UniIDIdentityBatch"]
+    negative = workflows["uniid_negative_identity.json"]
+    assert _links_into(negative, "UniIDApply", "negative_identity") == ["UniIDEncodeFace"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -233,10 +268,17 @@ def v1_view(node_def: dict) -> dict:
     return view
 
 
+def _input_spec(view: dict, input_name: str) -> list:
+    return {**view["input"].get("required", {}), **view["input"].get("optional", {})}[input_name]
+
+
 def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
-    """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order."""
+    """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order;
+    only the additions listed above (appended choices, appended optional inputs, new nodes, tooltips
+    with a sentence appended)."""
     before = json.loads(INTERFACE_V1.read_text())
-    assert sorted(before["nodes"]) == live["our_nodes"]
+    assert sorted(before["nodes"]) == sorted(set(live["our_nodes"]) - set(ADDED_NODES))
+    assert set(ADDED_NODES) <= set(live["our_nodes"])
     for name, node_def in before["nodes"].items():
         now = v1_view(live["nodes"][name])
         for (node, input_name), added in ADDED_CHOICES.items():
@@ -244,4 +286,16 @@ def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
                 choices = now["input"]["required"][input_name][0]
                 assert choices[-len(added):] == added, (name, input_name, choices)
                 del choices[-len(added):]
+        for (node, group), added in ADDED_INPUTS.items():
+            if node == name:
+                order = now["input_order"][group]
+                assert order[-len(added):] == added, (name, group, order)
+                del order[-len(added):]
+                for input_name in added:
+                    del now["input"][group][input_name]
+        for node, input_name in EXTENDED_TOOLTIPS:
+            if node == name:
+                options, stored = _input_spec(now, input_name)[1], _input_spec(node_def, input_name)[1]
+                assert options["tooltip"].startswith(stored["tooltip"]), (name, input_name)
+                options["tooltip"] = stored["tooltip"]
         assert now == node_def, name
