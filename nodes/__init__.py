@@ -12,6 +12,7 @@ from .apply import UniIDApply
 from .apply_simple import UniIDApplySimple
 from .encode import UniIDEncodeFace
 from .face_similarity import UniIDFaceSimilarity
+from .identity_batch import UniIDIdentityBatch
 from .identity_io import UniIDLoadIdentity, UniIDSaveIdentity
 from .loader_all_in_one import UniIDLoaderAllInOne
 from .loaders import UniIDFaceDetectorLoader, UniIDFaceNetLoader, UniIDLoader
@@ -36,6 +37,7 @@ NODES: list[type[io.ComfyNode]] = [
     UniIDLoaderAllInOne,
     UniIDApplySimple,
     UniIDFaceSimilarity,
+    UniIDIdentityBatch,
 ]
 
 

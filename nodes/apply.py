@@ -6,7 +6,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from uniid_core.anchor import load_names
-from uniid_core.errors import CheckpointError, UniIDError
+from uniid_core.errors import CheckpointError, IdentityMismatchError, UniIDError
 from uniid_core.family import get_family
 from uniid_core.identity import check_identity_matches
 from uniid_core.rescaler import BUILTIN_RESCALERS, Rescaler
@@ -62,7 +62,11 @@ class UniIDApply(UniIDNode):
                     "tokens",
                 ),
                 UNIID.Input("uniid", tooltip="UniID weights (the same ones the identity was encoded with)"),
-                UNIID_IDENTITY.Input("identity", tooltip="From UniID Encode Face or UniID Load Identity"),
+                UNIID_IDENTITY.Input(
+                    "identity",
+                    tooltip="From UniID Encode Face or UniID Load Identity; an identity batch (UniID "
+                    "Identity Batch, Encode Face's per_image) gives identity i to latent i",
+                ),
                 io.Int.Input(
                     "merge_step",
                     default=5,
@@ -153,6 +157,14 @@ class UniIDApply(UniIDNode):
                     "from which the 'after' scales apply; 0.17 is about step 5 of 30 with the normal "
                     "scheduler",
                 ),
+                UNIID_IDENTITY.Input(
+                    "negative_identity",
+                    optional=True,
+                    tooltip="A face to steer away from (a look-alike, an expression or lighting to avoid): "
+                    "its adapter tokens replace the zero-face tokens on every row that is not this "
+                    "Apply's positive (the negative prompt's). Not connected = the official zero-face "
+                    "negative",
+                ),
                 rescaler_input(),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive")],
@@ -178,6 +190,7 @@ class UniIDApply(UniIDNode):
         names_file: str = "official",
         merge_at: str = "step",
         merge_percent: float = 0.17,
+        negative_identity=None,
         rescaler: Rescaler | None = None,
     ) -> io.NodeOutput:
         patched, spliced = apply_identity(
@@ -198,6 +211,7 @@ class UniIDApply(UniIDNode):
             names_file=names_file,
             merge_at=merge_at,
             merge_percent=merge_percent,
+            negative_identity=negative_identity,
             rescaler=rescaler,
         )
         return io.NodeOutput(patched, spliced)
@@ -222,6 +236,7 @@ def apply_identity(
     names_file: str = "official",
     merge_at: str = "step",
     merge_percent: float = 0.17,
+    negative_identity=None,
     rescaler: Rescaler | None = None,
 ) -> tuple[object, list]:
     """The one implementation behind UniID Apply and UniID Apply (simple): a patched clone of ``model`` and
@@ -229,6 +244,11 @@ def apply_identity(
     family = get_family(uniid.model.config.family)
     check_family(model, family)
     check_identity_matches(identity, uniid.model)
+    if negative_identity is not None:
+        try:
+            check_identity_matches(negative_identity, uniid.model)
+        except IdentityMismatchError as exc:
+            raise IdentityMismatchError(f"negative_identity: {exc}") from exc
     if merge_at not in MERGE_AT:
         raise UniIDError(f"merge_at must be one of {MERGE_AT}, got {merge_at!r}")
     sampling = model.get_model_object("model_sampling")
@@ -243,7 +263,7 @@ def apply_identity(
     )
     text_tokens = _text_tokens(identity, clip, names_file)
     layers = cross_attn_layers(model)
-    token_sets, ip_patcher = _token_sets(identity, uniid), None
+    token_sets, ip_patcher = _token_sets(identity, uniid, negative_identity), None
     if token_sets is not None:
         ip_patcher = uniid.ip_patcher(compute_dtype(model.model))
         _check_layers(layers, ip_patcher.model.widths(), uniid.source)
@@ -256,6 +276,8 @@ def apply_identity(
         sigma_end=float(sampling.percent_to_sigma(end_percent)),
         levels=[layer.level for layer in layers],
         mask=mask,
+        identities=identity.count,
+        negatives=1 if negative_identity is None else negative_identity.count,
     )
     patched = model.clone()
     install_patch(patched, state, layers)
@@ -263,17 +285,26 @@ def apply_identity(
     return patched, spliced
 
 
-def _token_sets(identity: object, uniid: UniIDWeights) -> torch.Tensor | None:
-    """The adapter token sets a row can use, stacked (S, M, 2048): 0 = the identity, 1 = zero-face features.
-
-    Rows pick a set by index, so further sets (another identity per latent, a negative identity) only
-    add rows here. None when the identity has no adapter tokens.
+def _token_sets(
+    identity: object, uniid: UniIDWeights, negative_identity: object = None
+) -> torch.Tensor | None:
+    """The adapter token sets rows pick from by index, stacked (S, M, 2048): first the identity's (one per
+    latent for an identity batch), then the negative rows' (the zero-face features, the official
+    negative, or the negative identity's). None when the identity has no adapter tokens.
     """
     adapter_tokens = getattr(identity, "adapter_tokens", None)
     if adapter_tokens is None:
+        if negative_identity is not None:
+            raise UniIDError(
+                "negative_identity acts through the adapter branch, and the identity (or "
+                f"{uniid.source}) has no adapter tokens; load UniID weights that include the adapter branch"
+            )
         return None
-    negative = uniid.model.negative_adapter_tokens().detach().float().cpu()
-    return torch.cat([adapter_tokens[:1].detach().float().cpu(), negative[:1]], 0)
+    if negative_identity is None:
+        negative = uniid.model.negative_adapter_tokens()[:1]
+    else:
+        negative = negative_identity.adapter_tokens
+    return torch.cat([adapter_tokens.detach().float().cpu(), negative.detach().float().cpu()], 0)
 
 
 def _check_layers(layers: list, widths: list[int], source: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from uniid_core.errors import UniIDError
 from uniid_core.family import BaseModelFamily
 from uniid_core.splice import dropped_prompt_tokens, splice_text_tokens
 
@@ -70,7 +71,8 @@ def splice_conditioning(
     """Insert the tokens into every entry's first 77-chunk (active in [start, end]) and mark every entry.
 
     Without text tokens (an adapter-only identity) the entries are only marked. Parts of an entry outside
-    [start, end] keep their embedding and are marked with no text rows.
+    [start, end] keep their embedding and are marked with no text rows. Tokens of an identity batch
+    (n, N, C) give an entry of one prompt n rows, row i holding identity i's tokens.
     """
     count = 0 if tokens is None else int(tokens.shape[1])
     out = []
@@ -83,7 +85,7 @@ def splice_conditioning(
         active, rest = _ranges(first_start, first_end, start, end)
         if active is not None:
             _warn_dropped(embeds, options, count, family)
-            spliced = splice_text_tokens(embeds, tokens.to(embeds.dtype), family=family)
+            spliced = splice_text_tokens(_rows_for(embeds, tokens), tokens.to(embeds.dtype), family=family)
             extra = (
                 {}
                 if active == (first_start, first_end)
@@ -97,6 +99,19 @@ def splice_conditioning(
             for s, e in rest
         ]
     return out
+
+
+def _rows_for(embeds: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The prompt embedding with one row per identity of an identity batch (a single prompt is shared)."""
+    identities, prompts = int(tokens.shape[0]), int(embeds.shape[0])
+    if identities == prompts or identities == 1:
+        return embeds
+    if prompts == 1:
+        return embeds.expand(identities, -1, -1)
+    raise UniIDError(
+        f"the positive conditioning holds a batch of {prompts} prompts but the identity batch holds "
+        f"{identities} identities; give one prompt (shared by every identity) or one per identity"
+    )
 
 
 def _warn_dropped(embeds: torch.Tensor, options: dict, count: int, family: BaseModelFamily) -> None:

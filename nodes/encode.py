@@ -14,7 +14,7 @@ import torch
 from comfy_api.v0_0_2 import io, ui
 
 from uniid_core.face.references import ON_NO_FACE, SELECT_MODES, PreparedFaces, prepare_faces
-from uniid_core.identity import COMBINE_MODES, encode_identity
+from uniid_core.identity import COMBINE_MODES, PER_IMAGE, encode_identity
 
 from .schema import CATEGORY, UniIDNode
 from .sockets import (
@@ -45,7 +45,7 @@ def report_faces(prepared: PreparedFaces, node_id: str | None) -> str:
 
 
 class UniIDEncodeFace(UniIDNode):
-    """Detect, align and encode the face(s) in an IMAGE batch into one UniID identity."""
+    """Detect, align and encode the face(s) in an IMAGE batch into one UniID identity (or one per photo)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -60,7 +60,11 @@ class UniIDEncodeFace(UniIDNode):
                 UNIID_FACE_DETECTOR.Input(
                     "face_detector", tooltip="Detector from UniID Face Detector Loader"
                 ),
-                io.Image.Input("image", tooltip="One or more photos of the same person (a batch)"),
+                io.Image.Input(
+                    "image",
+                    tooltip="One or more photos of the same person (a batch); with combine = per_image, one "
+                    "photo per identity",
+                ),
                 io.Combo.Input(
                     "face_selection",
                     options=[*SELECT_MODES, BY_INDEX],
@@ -78,7 +82,9 @@ class UniIDEncodeFace(UniIDNode):
                     "combine",
                     options=list(COMBINE_MODES),
                     tooltip="Several photos: average the face features before UniID (default) or average "
-                    "UniID's output tokens",
+                    "UniID's output tokens; per_image makes an identity batch, one identity per photo in "
+                    "batch order, for a latent batch of the same size (UniID Apply gives identity i to "
+                    "latent i)",
                 ),
                 io.Combo.Input(
                     "on_no_face",
@@ -117,7 +123,12 @@ class UniIDEncodeFace(UniIDNode):
         select = face_index if face_selection == BY_INDEX else face_selection
         pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         prepared = prepare_faces(
-            list(pixels), face_detector.get(), select=select, on_no_face=on_no_face, class_word=class_word
+            list(pixels),
+            face_detector.get(),
+            select=select,
+            on_no_face=on_no_face,
+            class_word=class_word,
+            unanimous_class_word=combine == PER_IMAGE,
         )
         summary = report_faces(prepared, cls.hidden.unique_id if cls.hidden is not None else None)
         bar.update(1)

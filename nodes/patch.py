@@ -10,8 +10,9 @@ cross-attention layer (all under the wrapper key "uniid"):
 - PREDICT_NOISE, once per model evaluation: picks the evaluation's step and its scales.
 - CALC_COND_BATCH: multiplies this Apply's marked text rows by the step's text scale in the cond entries
   themselves, so the UNet and everything that reads the conditioning (ControlNet) see the same tokens,
-  and tags every entry with the token set its rows use (0 = identity, 1 = zero-face features, the
-  official negative) as a model cond that ComfyUI batches along with the rows.
+  and tags every row with the token set it uses, as a model cond that ComfyUI batches along with the
+  rows: a marked row gets the identity (identity i for latent i with an identity batch), every other
+  row the negative set (zero-face features, the official negative, or UniID Apply's negative identity).
 - APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot].
 
 The attn2 patch only reads those tensors: no lock, cache or branch on values in the per-layer path, so
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from uniid_core.attention import combine_identity, project_ip
+from uniid_core.errors import UniIDError
 from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
@@ -45,7 +47,7 @@ from .steps import BY_SIGMA, StepClock, is_known, step_rule
 LOG = logging.getLogger("UniID")
 WRAPPER_KEY = "uniid"
 CALL_KEY = "uniid"
-TOKENS_IDENTITY, TOKENS_ZERO_FACE = 0, 1
+TOKENS_IDENTITY, TOKENS_NEGATIVE = 0, 1  # row kinds: this Apply's identity, or the negative set
 ROLE_TOKENS = {POSITIVE: TOKENS_IDENTITY}
 SEGMENT_MEMORY = 16
 UNLIMITED_SIGMA = 1e8  # ComfyUI's percent_to_sigma(0) is 999999999.9: no upper limit
@@ -103,7 +105,11 @@ def compute_dtype(base_model: object) -> torch.dtype:
 
 
 class UniIDState:
-    """One applied identity: token sets, weights, schedule, mask, and what runs with it left behind."""
+    """One applied identity: token sets, weights, schedule, mask, and what runs with it left behind.
+
+    ``token_sets`` (identities + negatives, M, 2048) stacks the identity's adapter tokens (one set per
+    latent for an identity batch) and then the negative rows' (one set, or one per latent).
+    """
 
     def __init__(
         self,
@@ -116,9 +122,14 @@ class UniIDState:
         sigma_end: float,
         levels: list[int],
         mask: torch.Tensor | None = None,
+        identities: int = 1,
+        negatives: int = 1,
     ) -> None:
+        if token_sets is not None and token_sets.shape[0] != identities + negatives:
+            raise ValueError(f"{token_sets.shape[0]} token sets for {identities} + {negatives} row kinds")
         self.tag = uuid.uuid4().hex
         self.slot = 0
+        self.identities, self.negatives = identities, negatives
         self.token_sets = None if token_sets is None else token_sets.detach().float().cpu()
         self.ip_patcher = ip_patcher
         self.schedule = schedule
@@ -131,7 +142,10 @@ class UniIDState:
         self.mask = None if mask is None else mask.detach().float().cpu().reshape(-1, *mask.shape[-2:])
         self.segments = SegmentLog()
         self._kv: dict[tuple, tuple] = {}
-        self._index = [torch.tensor([i]) for i in (TOKENS_IDENTITY, TOKENS_ZERO_FACE)]
+        self._index = {
+            TOKENS_IDENTITY: torch.arange(identities),
+            TOKENS_NEGATIVE: torch.arange(identities, identities + negatives),
+        }
 
     def __deepcopy__(self, memo: dict) -> UniIDState:
         return self
@@ -140,6 +154,17 @@ class UniIDState:
     def has_adapter(self) -> bool:
         """True when the identity has adapter tokens (and the model carries the attn2 patches)."""
         return self.token_sets is not None
+
+    def check_batch(self, latents: int) -> None:
+        """Refuse a latent batch that an identity batch (or a negative identity batch) does not fit."""
+        for count, what in ((self.identities, "identity"), (self.negatives, "negative_identity")):
+            if count not in (1, latents):
+                raise UniIDError(
+                    f"UniID Apply's {what} is a batch of {count} identities but the latent batch is "
+                    f"{latents}: identity i goes to latent i, so give one identity (used for every latent) "
+                    f"or {latents}, or set the latent batch size to {count} (UniID Identity Batch's count "
+                    "output gives it)"
+                )
 
     def key(self, name: str) -> str:
         """A per-slot key for host-side values that never reach the UNet."""
@@ -173,20 +198,20 @@ class UniIDState:
         return cached
 
     def token_set(self, cond: dict) -> int:
-        """Token set of a sampler cond entry: the identity for this Apply's genuine positive entries.
+        """Row kind of a sampler cond entry: the identity for this Apply's genuine positive entries.
 
         An entry counts when it carries this Apply's positive mark, its conditioning is the one the mark
         was made for (ComfyUI's area fill-ins copy another entry's options with other conditioning)
         and it is not all zeros (ConditioningZeroOut of the positive). Everything else gets the
-        zero-face set, as the official negative.
+        negative set: the zero-face tokens (the official negative) or the negative identity.
         """
         mark = mark_for(cond, self.tag)
         crossattn = cond.get("model_conds", {}).get("c_crossattn")
         if mark is None or crossattn is None or crossattn.cond is not cond.get("cross_attn"):
-            return TOKENS_ZERO_FACE
+            return TOKENS_NEGATIVE
         if not bool(torch.count_nonzero(crossattn.cond)):
-            return TOKENS_ZERO_FACE
-        return ROLE_TOKENS.get(mark.role, TOKENS_ZERO_FACE)
+            return TOKENS_NEGATIVE
+        return ROLE_TOKENS.get(mark.role, TOKENS_NEGATIVE)
 
     def resolve(self, conds: dict) -> None:
         """Decide each entry's token set once per run, before any wrapper copies the entries."""
@@ -195,7 +220,8 @@ class UniIDState:
                 cond[f"uniid_tokens_{self.tag}"] = self.token_set(cond)
 
     def prepare(self, cond: dict, text_scale: float) -> dict:
-        """A copy of a cond entry with the row tag and, on marked entries, the scaled text rows."""
+        """A copy of a cond entry with the row tags (the token set of each latent's row: ComfyUI repeats a
+        single set to the batch) and, on marked entries, the scaled text rows."""
         tokens = cond.get(f"uniid_tokens_{self.tag}")
         if tokens is None:
             tokens = self.token_set(cond)
@@ -312,6 +338,7 @@ class SamplerRunWrapper(_Wrapper):
 
     def __call__(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
         state = self.state
+        state.check_batch(int(noise.shape[0]))
         sampler = executor.class_obj
         host = [float(s) for s in sigmas.tolist()]
         offset = state.segments.steps_before(host[0]) if host else 0

@@ -136,6 +136,30 @@ order: input 0-23, output 24-59, middle 60-69; a later entry wins).
 registers (its parameters go in 'params'). Connected to Apply's 'rescaler' input, the chain replaces \
 Apply's 'rescale' choice. Compare settings with a fixed seed."""
 
+IDENTITY_BATCH_NOTE = """A DIFFERENT PERSON IN EVERY IMAGE of one batch (an identity batch).
+
+UniID Apply gives identity i to image i of the latent batch (its adapter and its prompt tokens).
+- Persons A and B: their photos joined with Image Batch and encoded with combine = per_image: one \
+identity per photo, in batch order.
+- Person C: several photos of the same person (combine = mean_features) still make one identity.
+- UniID Identity Batch joins them: [A, B, C]. Its count sets Empty Latent Image's batch_size, so the \
+batch always fits (another size stops the sampler with a message). Chain another UniID Identity Batch \
+for a fourth person, or feed it saved identities (UniID Load Identity).
+
+The prompt is shared: <class word> becomes man/woman only when every face agrees (insightface), else \
+person."""
+
+NEGATIVE_IDENTITY_NOTE = """A NEGATIVE IDENTITY: steer away from a face.
+
+'Face to avoid' is encoded like the reference and connected to UniID Apply's negative_identity. Its \
+adapter tokens go where UniID otherwise puts zero-face tokens (the negative prompt's rows), so \
+guidance pushes the picture away from that face: a look-alike, or the reference photo itself to move \
+away from its expression, lighting or make-up.
+
+Disconnect negative_identity for the official behaviour (zero-face tokens). CFG and the adapter \
+scales set how strongly it acts. Only its adapter tokens are used; the negative prompt stays as \
+written."""
+
 OFFICIAL_PROMPT = "A photo of a <class word> eating bread in front of the Eiffel Tower"
 OFFICIAL_NOTE = """THE OFFICIAL SCRIPT'S IMAGE (UniID inference.py) inside ComfyUI.
 
@@ -188,18 +212,19 @@ class Common:
             self.g.note(note, (-480, 380), (440, 280), "Face detector")
 
     def generate(self, identity_from: Node, text: str, prefix: str, batch: int = 1,
-                 rescaler_from: Node | None = None, **apply_widgets: object) -> list[Node]:
+                 rescaler_from: Node | None = None, **apply_widgets: object) -> tuple[Node, list[Node]]:
         """Prompt with <class word> -> UniID Apply on the checkpoint -> sampler and output; one identity.
 
-        Returns the sampling nodes (latent, sampler, decode, save)."""
+        Returns the Apply node and the sampling nodes (latent, sampler, decode, save)."""
         positive = self.prompt(text, (760, 0), identity_from)
         apply = self.apply((self.ckpt, "MODEL"), (positive, "conditioning"), identity_from, (1160, 0),
                            rescaler_from=rescaler_from, **apply_widgets)
-        return self.sample((apply, "model"), (apply, "positive"), prefix, batch=batch)
+        return apply, self.sample((apply, "model"), (apply, "positive"), prefix, batch=batch)
 
-    def encode(self, image: Node, pos: tuple[float, float], **widgets: object) -> Node:
+    def encode(self, image: Node, pos: tuple[float, float], title: str | None = None,
+               **widgets: object) -> Node:
         """A UniID Encode Face node wired to the shared loaders and the given IMAGE source."""
-        node = self.g.add("UniIDEncodeFace", pos, **widgets)
+        node = self.g.add("UniIDEncodeFace", pos, title=title, **widgets)
         self.g.connect(self.uniid, "uniid", node, "uniid")
         self.g.connect(self.face_net, "face_net", node, "face_net")
         self.g.connect(self.detector, "face_detector", node, "face_detector")
@@ -278,7 +303,7 @@ def face_similarity(schema: dict) -> dict:
     encode = c.encode(photo, (380, 720))
     c.preview(encode, (760, 720))
     decode = c.generate(encode, "a photo of a <class word> at the seaside, summer light", "uniid_batch",
-                        batch=4)[2]
+                        batch=4)[1][2]
     x, y = 1560, 600
     score = g.add("UniIDFaceSimilarity", (x, y), node_width=360)
     g.connect(decode, "IMAGE", score, "images")
@@ -424,6 +449,55 @@ def two_people_masks(schema: dict) -> dict:
     return g.to_json("two_people_masks")
 
 
+def identity_batch(schema: dict) -> dict:
+    """Three people in one batch of three images: per-photo identities plus a multi-photo identity."""
+    g = Graph(schema)
+    c = Common(g)
+    photos = [g.add("LoadImage", (0, 720 + 380 * i + 140 * (i // 2)), title=title, image=name)
+              for i, (title, name) in enumerate((("Person A photo", "person_a.png"),
+                                                 ("Person B photo", "person_b.png"),
+                                                 ("Person C photo 1", "person_c.png"),
+                                                 ("Person C photo 2", "person_c_2.png")))]
+    pairs = []
+    for i in range(2):
+        pair = g.add("ImageBatch", (380, 1000 + 900 * i), node_width=200)
+        g.connect(photos[2 * i], "IMAGE", pair, "image1")
+        g.connect(photos[2 * i + 1], "IMAGE", pair, "image2")
+        pairs.append(pair)
+    per_photo = c.encode(pairs[0], (760, 720), title="Encode A, B (per_image)", combine="per_image")
+    person_c = c.encode(pairs[1], (760, 1620), title="Encode C (several photos)", combine="mean_features")
+    batch = g.add("UniIDIdentityBatch", (1160, 720), node_width=280)
+    g.connect(per_photo, "identity", batch, "identity_1")
+    g.connect(person_c, "identity", batch, "identity_2")
+    c.preview(per_photo, (1160, 920))
+    positive = c.prompt("a photo of a <class word>, portrait, natural light, detailed face", (760, 0), batch)
+    apply = c.apply((c.ckpt, "MODEL"), (positive, "conditioning"), batch, (1160, 0))
+    latent = c.sample((apply, "model"), (apply, "positive"), "uniid_identity_batch")[0]
+    g.connect(batch, "count", latent, "batch_size")
+    c.notes(IDENTITY_BATCH_NOTE)
+    g.group("Persons A and B: one identity per photo", [photos[0], photos[1], pairs[0], per_photo], "blue")
+    g.group("Person C: several photos, one identity", [photos[2], photos[3], pairs[1], person_c], "purple")
+    return g.to_json("identity_batch")
+
+
+def negative_identity(schema: dict) -> dict:
+    """One reference photo, and a second face whose adapter tokens go on the negative rows."""
+    g = Graph(schema)
+    c = Common(g)
+    photo = g.add("LoadImage", (0, 720), title="Reference photo", image="face.png")
+    encode = c.encode(photo, (380, 720))
+    c.preview(encode, (760, 720))
+    avoid = g.add("LoadImage", (0, 1180), title="Face to avoid", image="face_to_avoid.png")
+    avoid_encode = c.encode(avoid, (380, 1180), title="Encode the face to avoid")
+    apply, _ = c.generate(encode, "a photo of a <class word>, portrait, natural light, detailed face",
+                          "uniid_negative_identity")
+    g.connect(avoid_encode, "identity", apply, "negative_identity")
+    c.notes(NEGATIVE_IDENTITY_NOTE)
+    g.group("Identity from a photo", [photo, encode], "blue")
+    g.group("Negative identity", [avoid, avoid_encode], "red")
+    return g.to_json("negative_identity")
+
+
 def official_settings(schema: dict) -> dict:
     """The official inference.py's settings, schedule and first noise (SamplerCustomAdvanced)."""
     g = Graph(schema)
@@ -474,6 +548,8 @@ WORKFLOWS = {
     "uniid_two_people_masks.json": two_people_masks,
     "uniid_official_settings.json": official_settings,
     "uniid_face_similarity.json": face_similarity,
+    "uniid_identity_batch.json": identity_batch,
+    "uniid_negative_identity.json": negative_identity,
 }
 
 

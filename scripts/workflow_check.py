@@ -51,6 +51,9 @@ PLACEHOLDER_FILES = (
     "input/face_3.png",
     "input/person_a.png",
     "input/person_b.png",
+    "input/person_c.png",
+    "input/person_c_2.png",
+    "input/face_to_avoid.png",
 )
 
 Schema = dict[str, dict[str, Any]]

@@ -145,9 +145,16 @@ class UniIDPipeline:
 
     @torch.no_grad()
     def __call__(self, identity: Identity, settings: GenerationSettings, output_type: str = "pil") -> Any:
-        """Sample settings.num_images images ('pil' list, or 'latent' tensor) for one identity."""
+        """Sample settings.num_images images ('pil' list, or 'latent' tensor) for one identity, or for an
+        identity batch of settings.num_images identities (image i gets identity i)."""
         sdxl, unet = self.sdxl, self.sdxl.unet
         check_identity_matches(identity, self.model)
+        if identity.count not in (1, settings.num_images):
+            raise UniIDError(
+                f"the identity batch holds {identity.count} identities but {settings.num_images} image(s) "
+                f"are asked for; use one identity, or set num_images to {identity.count} (image i gets "
+                "identity i)"
+            )
         negative, before, after, pooled = self._contexts(identity, settings)
         count = before.shape[0]
         time_ids = torch.tensor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .errors import CheckpointError, IdentityMismatchError, UniIDError
+from .face.class_word import DEFAULT_CLASS_WORD
 from .models.iresnet import FaceRecognitionNet
 from .models.uniid import UniIDModel
 from .weights_file import atomic_write, read_safetensors
@@ -20,8 +22,12 @@ if TYPE_CHECKING:
     from .anchor import TextAnchor
 
 IDENTITY_FORMAT = "uniid-identity"
-IDENTITY_VERSION = 1
-COMBINE_MODES = ("mean_features", "mean_tokens")
+IDENTITY_VERSION = 2
+"""Newest file format read: 2 holds an identity batch; a single identity is still written as 1, so
+packs that only know format 1 keep reading it (and refuse a batch with an "update" message)."""
+SINGLE_IDENTITY_VERSION = 1
+PER_IMAGE = "per_image"
+COMBINE_MODES = ("mean_features", "mean_tokens", PER_IMAGE)
 _TENSOR_FIELDS = ("text_tokens", "text_tokens_rescaled", "adapter_tokens", "face_embedding")
 
 
@@ -31,6 +37,10 @@ class Identity:
 
     ``face_embedding`` (1, 512): the references' unit face-net embeddings averaged and renormalised, for
     similarity scoring (uniid_core.similarity); None in identities saved before it existed.
+
+    An identity batch holds n identities along the first dimension of every tensor ((n, N, 2048),
+    (n, 512), ...): identity i is meant for latent i of a batch (``count``, ``stack_identities``).
+    ``num_references`` is then the number of photos behind all of them.
     """
 
     text_tokens: Tensor | None = None
@@ -40,6 +50,18 @@ class Identity:
     model_fingerprint: str = ""
     num_references: int = 1
     face_embedding: Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        """How many identities this holds: 1 for one person, n for an identity batch."""
+        tensors = [getattr(self, name) for name in _TENSOR_FIELDS]
+        sizes = {int(t.shape[0]) for t in tensors if t is not None}
+        if len(sizes) > 1:
+            raise UniIDError(
+                f"this identity's tensors disagree on how many identities it holds ({sorted(sizes)}); "
+                "encode or stack the identities again"
+            )
+        return sizes.pop() if sizes else 1
 
     def with_anchor(self, anchor: TextAnchor) -> Identity:
         """Copy whose ``text_tokens_rescaled`` are the raw text tokens rescaled to ``anchor``'s norms."""
@@ -74,14 +96,16 @@ def encode_identity(
     class_word: str = "person",
     combine: str = "mean_features",
 ) -> Identity:
-    """Encode aligned faces ``(R, 3, 112, 112)`` in [-1, 1] into one Identity.
+    """Encode aligned faces ``(R, 3, 112, 112)`` in [-1, 1] into one Identity (or, per image, R of them).
 
     With several references, ``combine="mean_features"`` (default) averages the face-net embedding and
     stage maps over the references and runs the branches once: both branches end in a LayerNorm, so the
     tokens keep the scale they were trained with. ``"mean_tokens"`` runs the branches per reference and
     averages their outputs; where the references disagree the average is shorter than any single
     reference's tokens, which weakens the identity under the plain-add adapter mode (and is undone for the
-    text tokens only by the anchor rescaling). With R = 1 both modes are exactly the official computation.
+    text tokens only by the anchor rescaling). ``"per_image"`` makes an identity batch: one identity per
+    face, in input order (each computed as the official code computes one reference). With R = 1 every
+    mode is exactly the official computation.
     """
     if combine not in COMBINE_MODES:
         raise UniIDError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
@@ -98,10 +122,16 @@ def encode_identity(
     model_param = next(model.parameters())
     with torch.no_grad():
         features = face_net(faces.to(device=net_param.device, dtype=net_param.dtype))
-        face_embedding = _unit_mean(features.embedding).to(model_param.device)
+        if combine == PER_IMAGE:
+            face_embedding = torch.nn.functional.normalize(features.embedding.float(), dim=-1)
+        else:
+            face_embedding = _unit_mean(features.embedding)
+        face_embedding = face_embedding.to(model_param.device)
         features = features.to(device=model_param.device, dtype=model_param.dtype)
         if combine == "mean_features":
             text, adapter = model(features.mean())
+        elif combine == PER_IMAGE:
+            text, adapter = model(features)
         else:
             text, adapter = (_mean_tokens(t) for t in model(features))
     return Identity(
@@ -124,6 +154,51 @@ def _mean_tokens(tokens: Tensor | None) -> Tensor | None:
     if tokens is None:
         return None
     return tokens.float().mean(dim=0, keepdim=True).to(tokens.dtype)
+
+
+def stack_identities(identities: Sequence[Identity]) -> Identity:
+    """One identity batch from identities (each one person or itself a batch), in order.
+
+    All must come from the same UniID weights and carry the same kinds of tokens. Anchor-rescaled text
+    tokens and face embeddings are kept only when every part has them (UniID Apply rescales the text
+    tokens again from CLIP). The class word is the parts' common one, else "person".
+    """
+    if not identities:
+        raise UniIDError("an identity batch needs at least one identity")
+    fingerprints = {i.model_fingerprint for i in identities if i.model_fingerprint}
+    if len(fingerprints) > 1:
+        raise IdentityMismatchError(
+            "these identities were encoded with different UniID weights "
+            f"(fingerprints {', '.join(sorted(fingerprints))}); encode every face with the same UniID model "
+            "before batching them"
+        )
+    fields: dict[str, Tensor | None] = {}
+    for name in _TENSOR_FIELDS:
+        parts = [getattr(i, name) for i in identities]
+        present = [p for p in parts if p is not None]
+        if name in ("text_tokens", "adapter_tokens") and present and len(present) != len(parts):
+            kind = name.split("_")[0]
+            raise IdentityMismatchError(
+                f"some of these identities have {kind} tokens and some do not; encode every face with the "
+                "same UniID model before batching them"
+            )
+        if len(present) != len(parts):
+            fields[name] = None
+            continue
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) > 1:
+            raise IdentityMismatchError(
+                f"these identities' {name} have different shapes {sorted(shapes)}; encode every face with "
+                "the same UniID model before batching them"
+            )
+        fields[name] = torch.cat([p.detach().to("cpu", torch.float32) for p in parts], 0)
+    words = {i.class_word for i in identities}
+    return Identity(
+        **fields,
+        class_word=words.pop() if len(words) == 1 else DEFAULT_CLASS_WORD,
+        model_fingerprint=fingerprints.pop() if fingerprints else "",
+        num_references=sum(i.num_references for i in identities),
+    )
 
 
 def check_identity_matches(identity: Identity, model: UniIDModel) -> None:
@@ -162,9 +237,11 @@ def save_identity(identity: Identity, path: str | os.PathLike) -> Path:
     }
     if not tensors:
         raise UniIDError("this identity holds no tokens; nothing to save")
+    count = identity.count
     metadata = {
         "format": IDENTITY_FORMAT,
-        "format_version": str(IDENTITY_VERSION),
+        "format_version": str(SINGLE_IDENTITY_VERSION if count == 1 else IDENTITY_VERSION),
+        "num_identities": str(count),
         "class_word": identity.class_word,
         "model_fingerprint": identity.model_fingerprint,
         "num_references": str(identity.num_references),
@@ -196,7 +273,7 @@ def load_identity(path: str | os.PathLike) -> Identity:
             f"{path} uses identity format {version}, newer than this code reads ({IDENTITY_VERSION}); "
             "update the node pack"
         )
-    return Identity(
+    identity = Identity(
         text_tokens=tensors.get("text_tokens"),
         text_tokens_rescaled=tensors.get("text_tokens_rescaled"),
         adapter_tokens=tensors.get("adapter_tokens"),
@@ -205,6 +282,14 @@ def load_identity(path: str | os.PathLike) -> Identity:
         num_references=_metadata_int(path, metadata, "num_references", 1),
         face_embedding=tensors.get("face_embedding"),
     )
+    sizes = {name: int(t.shape[0]) for name, t in tensors.items() if name in _TENSOR_FIELDS}
+    expected = _metadata_int(path, metadata, "num_identities", 1)
+    if any(size != expected for size in sizes.values()):
+        raise CheckpointError(
+            f"{path}: damaged identity file (it says {expected} identit{'y' if expected == 1 else 'ies'} but "
+            f"its tensors hold {sizes}); save the identity again from its photos"
+        )
+    return identity
 
 
 def _metadata_int(path: Path, metadata: dict[str, str], key: str, default: int) -> int:

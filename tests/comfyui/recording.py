@@ -2,8 +2,9 @@
 
 ``Recorder`` is a DIFFUSION_MODEL wrapper (it runs inside ComfyUI's apply_model, after every UniID
 wrapper) that keeps, per call: the sigma, the cond list index of each batch chunk, the context the UNet
-got, and per UniID slot the token set each row's adapter keys came from and the adapter scale (of the
-first attn2 layer; the others differ only by the rescaler's layer weights).
+got, per UniID slot the token set each row's adapter keys came from, those keys themselves and the
+adapter scale (of the first attn2 layer; the others differ only by the rescaler's layer weights), and
+the UNet's output.
 ``LoopTracker`` replaces the ``trange`` of ComfyUI's sampler modules so every call also knows the
 sampler's own loop index: an oracle for "which step is this" that does not use our step tracking.
 """
@@ -25,6 +26,8 @@ class Call:
     loop: int | None
     token_sets: list[list[int]] = field(default_factory=list)
     scales: list[list[float]] = field(default_factory=list)
+    keys: list[torch.Tensor | None] = field(default_factory=list)
+    output: torch.Tensor | None = None
 
     def rows(self, chunk: int) -> range:
         """Batch rows of the chunk at ``chunk`` (cond list index order as ComfyUI batched them)."""
@@ -84,6 +87,7 @@ class Recorder:
         slots = transformer_options.get("uniid", ())
         for state in self.states:
             data = slots[state.slot] if state.slot < len(slots) else None
+            call.keys.append(None if data is None else data.k.detach().clone())
             if data is None:
                 call.token_sets.append([])
                 call.scales.append([])
@@ -95,7 +99,9 @@ class Recorder:
             scale = data.scale[0].reshape(-1).float()
             call.scales.append((scale.expand(x.shape[0]) if scale.numel() == 1 else scale).tolist())
         self.calls.append(call)
-        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        out = executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        call.output = out.detach().clone()
+        return out
 
 
 def text_scale(context_rows: torch.Tensor, tokens: torch.Tensor) -> float:

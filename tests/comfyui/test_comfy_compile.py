@@ -132,3 +132,35 @@ def test_per_block_rescaler_reuses_the_compiled_graph(comfy, pack, mini_sdxl, mi
         out = run(model, cond)
         assert (backend.graphs, sum(dynamo["graph_break"].values())) == (1, 0), weights
         torch.testing.assert_close(out, run(model, cond, compile_it=False), rtol=0, atol=0)
+
+
+def test_identity_batches_and_negative_identities_reuse_the_graph(comfy, pack, mini_sdxl, mini_uniid, dynamo):
+    """Latent batch 2: an identity batch compiles to one graph; other identities, a single identity for
+    both latents, a negative identity or a negative identity batch reuse it (same batch size, no break)."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    positive, negative = random_conditioning(1), random_conditioning(2)
+    backend = CountingBackend()
+    batch = pack.identity_batch.UniIDIdentityBatch.execute
+
+    def run(identity, **kw):
+        model, cond = pack.apply.UniIDApply.execute(
+            mini_sdxl, positive, mini_uniid, identity, **APPLY_ARGS, **kw
+        )
+        compiled = model.clone()
+        set_torch_compile_wrapper(compiled, backend=backend)
+        with torch.inference_mode():
+            latent = {"samples": torch.zeros(2, 4, 8, 8)}
+            sample = comfy.nodes.common_ksampler
+            out = sample(compiled, 0, 2, 4.0, "euler", "normal", cond, negative, latent)[0]["samples"]
+            eager = sample(model, 0, 2, 4.0, "euler", "normal", cond, negative, latent)[0]["samples"]
+        torch.testing.assert_close(out, eager, rtol=0, atol=0)
+        return backend.graphs, sum(dynamo["graph_break"].values())
+
+    identity = [random_identity(mini_uniid, seed) for seed in range(20, 25)]
+    assert run(batch(identity[0], identity[1])[0]) == (1, 0), dict(dynamo["graph_break"])
+    assert run(batch(identity[2], identity[3])[0]) == (1, 0), "another identity batch recompiled"
+    assert run(identity[4]) == (1, 0), "one identity for both latents recompiled"
+    assert run(identity[0], negative_identity=identity[1]) == (1, 0), "a negative identity recompiled"
+    pair = batch(identity[2], identity[3])[0]
+    assert run(batch(identity[0], identity[1])[0], negative_identity=pair) == (1, 0)

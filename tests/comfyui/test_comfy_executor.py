@@ -331,3 +331,122 @@ def test_shipped_per_block_workflow_runs_and_bad_rescaler_widgets_are_refused(co
     details = " ".join(e["details"] for found in node_errors.values() for e in found["errors"])
     assert "rescaler 'normalized' has no parameter 'strength' (parameters: none)" in details
     assert "'5': write each entry as selector:weight" in details
+
+
+def test_identity_batch_and_negative_identity_prompt(comfy, model_files):
+    """Encode Face per_image on two photos + UniID Identity Batch with a third identity = 3 identities for
+    a latent batch of 3 (its size linked from the count output), a negative identity, the batch saved;
+    loaded again for a latent batch of 2 it is refused with a message naming both counts."""
+    from uniid_core.identity import load_identity
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(comfy.base / "input" / "face_2.png")
+    loaders = {
+        "2": ("UniIDLoader", {"uniid_name": "small_uniid.safetensors", "dtype": "auto"}),
+        "3": ("UniIDFaceNetLoader", {"face_net_name": "insightface/face_small.safetensors"}),
+        "4": ("UniIDFaceDetectorLoader", {"backend": "pre-aligned", "provider": "CPU",
+                                          "insightface_model": "buffalo_l", "det_size": 320}),
+    }
+
+    def encode(image: str, combine: str) -> dict:
+        return {"uniid": ["2", 0], "face_net": ["3", 0], "face_detector": ["4", 0], "image": [image, 0],
+                "face_selection": "largest", "face_index": 0, "combine": combine, "on_no_face": "error",
+                "class_word": "auto"}
+
+    def generate(identity: list, latent: dict, prefix: str) -> dict:
+        apply = {**_prompt()["9"]["inputs"], "positive": ["7", 0], "identity": identity,
+                 "negative_identity": ["21", 0]}
+        sampler = {**_prompt()["11"]["inputs"], "latent_image": ["10", 0]}
+        return {
+            "1": ("UniIDTestModelSource", {}),
+            "7": ("CLIPTextEncode", {"clip": ["1", 1], "text": "a photo of a person"}),
+            "8": ("CLIPTextEncode", {"clip": ["1", 1], "text": "lowres"}),
+            "9": ("UniIDApply", apply),
+            "10": ("EmptyLatentImage", {"width": 64, "height": 64, **latent}),
+            "11": ("KSampler", sampler),
+            "12": ("SaveLatent", {"samples": ["11", 0], "filename_prefix": prefix}),
+            "20": ("LoadImage", {"image": "face_2.png"}),
+            "21": ("UniIDEncodeFace", encode("20", "mean_features")),
+        }
+
+    nodes = {
+        **loaders,
+        **generate(["24", 0], {"batch_size": ["24", 2]}, "uniid_batch"),
+        "5": ("LoadImage", {"image": "face.png"}),
+        "22": ("ImageBatch", {"image1": ["5", 0], "image2": ["20", 0]}),
+        "23": ("UniIDEncodeFace", encode("22", "per_image")),
+        "24": ("UniIDIdentityBatch", {"identity_1": ["23", 0], "identity_2": ["21", 0]}),
+        "25": ("UniIDSaveIdentity", {"identity": ["24", 0], "name": "trio", "overwrite": True}),
+    }
+    prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in nodes.items()}
+    assert _run(comfy, prompt, "uniid-batch") == ["12", "25"]
+    latent = load_latent(next((comfy.base / "output").glob("uniid_batch_*.latent")))
+    assert latent.shape == (3, 4, 8, 8) and torch.isfinite(latent).all()
+    trio = load_identity(model_files / "uniid" / "identities" / "trio.safetensors")
+    assert trio.count == 3 and trio.adapter_tokens.shape == (3, 4, 2048)
+    assert trio.face_embedding.shape == (3, 512)
+    assert not torch.allclose(trio.adapter_tokens[0], trio.adapter_tokens[1], atol=1e-3)
+    torch.testing.assert_close(trio.adapter_tokens[1], trio.adapter_tokens[2])  # face_2 in the batch = alone
+
+    import execution
+
+    nodes = {**loaders, **generate(["26", 0], {"batch_size": 2}, "uniid_refused"),
+             "26": ("UniIDLoadIdentity", {"identity_file": "identities/trio.safetensors"})}
+    prompt = {k: {"class_type": c, "inputs": i} for k, (c, i) in nodes.items()}
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("refused", prompt, None))
+    assert valid, (error, node_errors)
+    executor = execution.PromptExecutor(_Server(), cache_type=False)
+    executor.execute(prompt, "refused", {}, outputs)
+    (error,) = [data for event, data in executor.status_messages if event == "execution_error"]
+    assert error["node_id"] == "11"
+    assert "identity is a batch of 3 identities but the latent batch is 2" in error["exception_message"]
+
+
+def load_latent(path: Path) -> torch.Tensor:
+    """The latent tensor of a ComfyUI .latent file."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["latent_tensor"]
+
+
+@pytest.mark.parametrize(
+    "name,latents", [("uniid_identity_batch.json", 3), ("uniid_negative_identity.json", 1)]
+)
+def test_shipped_batch_and_negative_identity_workflows_run(comfy, model_files, name, latents):
+    """The shipped workflows, converted to API prompts as the frontend does, on the small stand-in models
+    (pre-aligned detector: random photos have no face for mtcnn), 2 steps at 64x64."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    if str(repo / "scripts") not in sys.path:
+        sys.path.insert(0, str(repo / "scripts"))
+    import workflow_check
+
+    workflow = json.loads((repo / "workflows" / name).read_text())
+    prompt = workflow_check.ui_to_api(workflow, workflow_check.load_snapshot()["nodes"])
+    rng = np.random.default_rng(2)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "CheckpointLoaderSimple":
+            node.update(class_type="UniIDTestModelSource", inputs={})
+        elif kind == "UniIDLoader":
+            inputs["uniid_name"] = "small_uniid.safetensors"
+        elif kind == "UniIDFaceNetLoader":
+            inputs["face_net_name"] = "insightface/face_small.safetensors"
+        elif kind == "UniIDFaceDetectorLoader":
+            inputs["backend"] = "pre-aligned"
+        elif kind == "LoadImage":
+            pixels = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(comfy.base / "input" / inputs["image"])
+        elif kind == "KSampler":
+            inputs["steps"] = 2
+        elif kind == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        elif kind == "VAEDecode":
+            save = {"samples": inputs["samples"], "filename_prefix": name}
+            node.update(class_type="SaveLatent", inputs=save)
+    prompt = {k: v for k, v in prompt.items() if v["class_type"] != "SaveImage"}
+    _run(comfy, prompt, name)
+    latent = load_latent(next((comfy.base / "output").glob(f"{name}_*.latent")))
+    assert latent.shape == (latents, 4, 8, 8) and torch.isfinite(latent).all()

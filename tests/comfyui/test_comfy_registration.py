@@ -27,6 +27,9 @@ NODES = [
     "UniIDLoaderAllInOne",
     "UniIDApplySimple",
     "UniIDFaceSimilarity",
+    "UniIDIdentityBatch",
+    "UniIDRescaler",
+    "UniIDRescalerPerBlock",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Identity encoding (official path for one reference, combine modes), anchor, save/load, mismatch checks."""
+"""Identity encoding (official path for one reference, combine modes, identity batches), anchor, save/load,
+mismatch checks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from uniid_core.identity import (
     encode_identity,
     load_identity,
     save_identity,
+    stack_identities,
 )
 
 TOL = {"atol": 5e-5, "rtol": 1e-5}
@@ -61,6 +63,48 @@ def test_combine_modes(tiny_model, tiny_face_net):
     assert torch.equal(a.text_tokens, b.text_tokens) and torch.equal(a.adapter_tokens, b.adapter_tokens)
 
 
+def test_per_image_makes_one_identity_per_face(tiny_model, tiny_face_net):
+    """combine = per_image: identity i is face i encoded on its own (the official one-reference path)."""
+    faces = _faces(3, seed=5)
+    batch = encode_identity(tiny_model, tiny_face_net, faces, class_word="man", combine="per_image")
+    assert batch.count == 3 and batch.num_references == 3 and batch.class_word == "man"
+    assert batch.face_embedding.shape == (3, 512)
+    for i in range(3):
+        one = encode_identity(tiny_model, tiny_face_net, faces[i : i + 1])
+        for name in ("text_tokens", "adapter_tokens", "face_embedding"):
+            assert_close(getattr(batch, name)[i : i + 1], getattr(one, name), **TOL)
+    assert encode_identity(tiny_model, tiny_face_net, faces[:1], combine="per_image").count == 1
+
+
+def test_stack_identities(tiny_model, tiny_face_net):
+    """Identities (single or batches) stack in order; optional fields survive only when all have them."""
+    a = encode_identity(tiny_model, tiny_face_net, _faces(2, seed=1), class_word="man")
+    b = encode_identity(tiny_model, tiny_face_net, _faces(1, seed=2), class_word="man")
+    pair = stack_identities([a, b])
+    assert pair.count == 2 and pair.num_references == 3 and pair.class_word == "man"
+    assert pair.model_fingerprint == tiny_model.fingerprint
+    for name in ("text_tokens", "adapter_tokens", "face_embedding"):
+        assert torch.equal(getattr(pair, name), torch.cat([getattr(a, name), getattr(b, name)]))
+    assert pair.text_tokens_rescaled is None
+    check_identity_matches(pair, tiny_model)
+    woman = dataclasses.replace(b, class_word="woman", face_embedding=None)
+    three = stack_identities([pair, woman])
+    assert three.count == 3 and three.class_word == "person" and three.face_embedding is None
+    assert torch.equal(three.adapter_tokens[2], b.adapter_tokens[0])
+    rescaled = [dataclasses.replace(x, text_tokens_rescaled=x.text_tokens * 2) for x in (a, b)]
+    assert torch.equal(stack_identities(rescaled).text_tokens_rescaled, pair.text_tokens * 2)
+    with pytest.raises(IdentityMismatchError, match="different UniID weights"):
+        stack_identities([a, dataclasses.replace(b, model_fingerprint="0123456789abcdef")])
+    with pytest.raises(IdentityMismatchError, match="some of these identities have text tokens"):
+        stack_identities([a, dataclasses.replace(b, text_tokens=None)])
+    with pytest.raises(IdentityMismatchError, match="different shapes"):
+        stack_identities([a, dataclasses.replace(b, adapter_tokens=torch.zeros(1, 3, 192))])
+    with pytest.raises(UniIDError, match="at least one"):
+        stack_identities([])
+    with pytest.raises(UniIDError, match="disagree on how many identities"):
+        _ = dataclasses.replace(pair, adapter_tokens=a.adapter_tokens).count
+
+
 def test_bad_inputs(tiny_model, tiny_face_net):
     with pytest.raises(UniIDError, match="112x112"):
         encode_identity(tiny_model, tiny_face_net, torch.zeros(1, 3, 64, 64))
@@ -85,6 +129,40 @@ def test_save_load_round_trip(tiny_model, tiny_face_net, tmp_path):
     with pytest.raises(UniIDError, match="no tokens"):
         save_identity(Identity(), tmp_path / "none.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.safetensors", "text.safetensors"]
+
+
+def test_identity_batch_round_trip_and_older_files(tiny_model, tiny_face_net, tmp_path):
+    """A batch saves and loads whole (format 2, so a pack reading only format 1 refuses it clearly); a
+    single identity is still written as format 1; a file from before batches (no count, no face
+    embedding) loads as one identity."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    batch = encode_identity(tiny_model, tiny_face_net, _faces(3, seed=7), combine="per_image")
+    loaded = load_identity(save_identity(batch, tmp_path / "three.safetensors"))
+    assert loaded.count == 3 and loaded.num_references == 3
+    for name in ("text_tokens", "adapter_tokens", "face_embedding"):
+        assert torch.equal(getattr(loaded, name), getattr(batch, name))
+    one = encode_identity(tiny_model, tiny_face_net, _faces(1))
+    single = save_identity(one, tmp_path / "one.safetensors")
+    for path, version, count in ((tmp_path / "three.safetensors", "2", "3"), (single, "1", "1")):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        assert (metadata["format_version"], metadata["num_identities"]) == (version, count)
+    old = tmp_path / "old.safetensors"
+    tokens = {"text_tokens": torch.ones(1, 2, 192), "adapter_tokens": torch.ones(1, 4, 192)}
+    metadata = {"format": "uniid-identity", "format_version": "1", "class_word": "man"}
+    save_file(tokens, str(old), metadata=metadata)
+    older = load_identity(old)
+    assert older.count == 1 and older.face_embedding is None and older.class_word == "man"
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(
+        tokens,
+        str(damaged),
+        metadata={"format": "uniid-identity", "format_version": "2", "num_identities": "2"},
+    )
+    with pytest.raises(CheckpointError, match="damaged identity file .*says 2 identities"):
+        load_identity(damaged)
 
 
 def test_load_identity_refuses_other_files(tiny_model, tmp_path):

@@ -88,7 +88,8 @@ def test_convert_on_a_full_disk_prints_one_error(tmp_path, tiny_model, monkeypat
 
 
 @pytest.mark.parametrize(
-    "field,value", [("format_version", "1.0"), ("num_references", "two"), ("format_version", "")]
+    "field,value",
+    [("format_version", "1.0"), ("num_references", "two"), ("format_version", ""), ("num_identities", "x")],
 )
 def test_identity_with_damaged_metadata_names_file_and_field(tmp_path: Path, field: str, value: str) -> None:
     path = save_identity(Identity(adapter_tokens=torch.zeros(1, 2, 8)), tmp_path / "me.safetensors")

@@ -13,6 +13,9 @@ def test_class_word_from_gender() -> None:
     assert class_word_from_gender(["man", "woman", "woman", None]) == "woman"
     assert class_word_from_gender(["man", "woman"]) == "person"
     assert class_word_from_gender([]) == "person"
+    assert class_word_from_gender(["man", "man", "woman"], unanimous=True) == "person"
+    assert class_word_from_gender(["man", None], unanimous=True) == "person"
+    assert class_word_from_gender(["woman", "woman"], unanimous=True) == "woman"
 
 
 def test_substitute_class_word_spellings() -> None:

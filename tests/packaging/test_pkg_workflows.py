@@ -18,6 +18,8 @@ RUN_WITH_BUNDLED_DETECTOR = {
     "uniid_load_identity.json",
     "uniid_two_people_masks.json",
     "uniid_face_similarity.json",
+    "uniid_identity_batch.json",
+    "uniid_negative_identity.json",
 }
 OFFICIAL_SETTINGS = "uniid_official_settings.json"
 """The one workflow whose point is the official settings (insightface buffalo_l); the others run with
@@ -29,7 +31,8 @@ INTERFACE_V1 = Path(__file__).parent / "data" / "node_interface_v1.json"
 """Our nodes' definitions as ComfyUI listed them before the move to the V3 schema (ComfyUI 0.3.64, the
 dump's placeholder files): ids, inputs with types, options, defaults and tooltips, outputs in order."""
 INTERFACE_ADDED = Path(__file__).parent / "data" / "node_interface_added.json"
-"""Nodes and optional inputs added since, each listed on purpose (the comparison accepts nothing else)."""
+"""Nodes, appended optional inputs, appended choices and extended tooltips added since, each listed on
+purpose (the comparison accepts nothing else)."""
 V3_ONLY_NODE_KEYS = (
     "name", "category", "description", "output_is_list", "output_tooltips", "deprecated", "experimental",
     "api_node", "python_module",
@@ -38,9 +41,6 @@ V3_ONLY_NODE_KEYS = (
 attributes) but are not part of what a workflow or an API prompt sends."""
 V3_EXPLICIT_DEFAULTS = {"multiline": False, "multiselect": False}
 """Options a V3 input writes out with their default value, which the V1 definition left implicit."""
-ADDED_CHOICES = {("UniIDFaceDetectorLoader", "provider"): ["MIGraphX"]}
-"""Choices appended since (the provider list now comes from uniid_core.face.providers, which had
-MIGraphX); saved values stay valid and the first choice, the default, is the same."""
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,28 @@ def test_save_workflow_runs_in_one_press_and_load_workflow_needs_no_face_models(
     assert {"UniIDSaveIdentity", "UniIDEncodeFace", "SaveImage"} <= save and "UniIDLoadIdentity" not in save
     load = {n["type"] for n in workflows["uniid_load_identity.json"]["nodes"]}
     assert "UniIDLoadIdentity" in load and not load & {"UniIDEncodeFace", "UniIDFaceNetLoader", "LoadImage"}
+
+
+def _links_into(workflow: dict, node_type: str, input_name: str) -> list[str]:
+    """Types of the nodes linked into ``input_name`` of every ``node_type`` node."""
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    found = []
+    for node in (n for n in workflow["nodes"] if n["type"] == node_type):
+        for socket in node["inputs"]:
+            if socket["name"] == input_name and socket["link"] is not None:
+                link = next(link for link in workflow["links"] if link[0] == socket["link"])
+                found.append(by_id[link[1]]["type"])
+    return found
+
+
+def test_identity_batch_and_negative_identity_workflows(workflows: dict) -> None:
+    batch = workflows["uniid_identity_batch.json"]
+    combines = {n["widgets_values"][2] for n in batch["nodes"] if n["type"] == "UniIDEncodeFace"}
+    assert combines == {"per_image", "mean_features"}
+    assert _links_into(batch, "UniIDApply", "identity") == ["UniIDIdentityBatch"]
+    assert _links_into(batch, "EmptyLatentImage", "batch_size") == ["UniIDIdentityBatch"]
+    negative = workflows["uniid_negative_identity.json"]
+    assert _links_into(negative, "UniIDApply", "negative_identity") == ["UniIDEncodeFace"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -240,8 +262,14 @@ def v1_view(node_def: dict) -> dict:
     return view
 
 
+def _input_spec(view: dict, input_name: str) -> list:
+    return {**view["input"].get("required", {}), **view["input"].get("optional", {})}[input_name]
+
+
 def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
-    """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order."""
+    """Same node ids, input names, types, choices, defaults, ranges and tooltips, same outputs in order;
+    only the additions listed in node_interface_added.json (new nodes, appended optional inputs, appended
+    choices, tooltips with a sentence appended)."""
     before = json.loads(INTERFACE_V1.read_text())
     additions = json.loads(INTERFACE_ADDED.read_text())
     assert not set(before["nodes"]) & set(additions["nodes"])
@@ -254,9 +282,12 @@ def test_nodes_keep_the_interface_saved_workflows_use(live: dict) -> None:
             del order[-len(names):]
             for input_name in names:
                 del now["input"][group][input_name]
-        for (node, input_name), added in ADDED_CHOICES.items():
-            if node == name:
-                choices = now["input"]["required"][input_name][0]
-                assert choices[-len(added):] == added, (name, input_name, choices)
-                del choices[-len(added):]
+        for input_name, added in additions["choices"].get(name, {}).items():
+            choices = now["input"]["required"][input_name][0]
+            assert choices[-len(added):] == added, (name, input_name, choices)
+            del choices[-len(added):]
+        for input_name in additions["extended_tooltips"].get(name, []):
+            options, stored = _input_spec(now, input_name)[1], _input_spec(node_def, input_name)[1]
+            assert options["tooltip"].startswith(stored["tooltip"]), (name, input_name)
+            options["tooltip"] = stored["tooltip"]
         assert now == node_def, name

@@ -10,6 +10,7 @@ import torch
 from tests.training.conftest import tiny_face_net
 from uniid_core.diffusers_pipeline import GenerationSettings, UniIDPipeline
 from uniid_core.diffusers_processor import uniid_processors
+from uniid_core.errors import UniIDError
 from uniid_core.family import diffusers_layer_widths
 from uniid_core.models.uniid import UniIDConfig, UniIDModel
 from uniid_core.schedule import MergeSchedule
@@ -121,3 +122,33 @@ def test_generation_takes_the_rescaler_objects_of_the_nodes(pipeline: UniIDPipel
     settings.rescale = "normalized"
     settings.schedule = MergeSchedule(adapter_before=0.0, adapter_after=0.0)
     assert torch.equal(silenced, pipeline(identity, settings, output_type="latent"))
+
+
+def test_identity_batch_gives_image_i_identity_i(pipeline: UniIDPipeline) -> None:
+    """combine = per_image: two faces, two images; each image's rows carry its own identity's tokens."""
+    faces = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    batch = pipeline.encode_identity(faces, "person", combine="per_image")
+    assert batch.count == 2
+    settings = GenerationSettings(prompt="portrait", num_inference_steps=1, height=64, width=64, num_images=2)
+    contexts = []
+    hook = pipeline.sdxl.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].clone()),
+        with_kwargs=True,
+    )
+    try:
+        pipeline(batch, settings, output_type="latent")
+    finally:
+        hook.remove()
+    (context,) = contexts
+    tokens, adapter = batch.text_tokens_for_prompt(), batch.adapter_tokens
+    for image in range(2):
+        row = 2 + image  # negatives first, then the positives
+        text = context[row, 1 : 1 + tokens.shape[1]] / settings.schedule.text_before  # step 0: before
+        torch.testing.assert_close(text, tokens[image])
+        torch.testing.assert_close(context[row, -adapter.shape[1] :], adapter[image])
+    with pytest.raises(UniIDError, match="holds 2 identities but 3 image"):
+        pipeline(
+            batch,
+            GenerationSettings(prompt="portrait", num_inference_steps=1, height=64, width=64, num_images=3),
+            output_type="latent",
+        )

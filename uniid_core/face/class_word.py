@@ -13,11 +13,17 @@ CLASS_WORD_PATTERN = re.compile(r"<\s*class[\s_-]*word\s*>", re.IGNORECASE)
 
 
 def class_word_from_gender(
-    genders: str | None | Iterable[str | None], default: str = DEFAULT_CLASS_WORD
+    genders: str | None | Iterable[str | None], default: str = DEFAULT_CLASS_WORD, unanimous: bool = False
 ) -> str:
-    """Majority gender ("man"/"woman") over one or more references; the default on a tie or if unknown."""
+    """Majority gender ("man"/"woman") over one or more references; the default on a tie or if unknown.
+
+    ``unanimous``: the gender only when every reference has it (several people sharing one prompt).
+    """
     if genders is None or isinstance(genders, str):
         genders = [genders]
+    genders = list(genders)
+    if unanimous and len(set(genders)) > 1:
+        return default
     votes = Counter(g for g in genders if g in GENDER_WORDS)
     if not votes:
         return default

@@ -141,8 +141,13 @@ def prepare_faces(
     class_word: str | None = None,
     fallback_class_word: str = DEFAULT_CLASS_WORD,
     alpha_background: int = ALPHA_BACKGROUND,
+    unanimous_class_word: bool = False,
 ) -> PreparedFaces:
-    """Detect, select and align one face per image; `skip` drops bad images, but all failing still raises."""
+    """Detect, select and align one face per image; `skip` drops bad images, but all failing still raises.
+
+    The automatic class word is the majority gender of the faces, or with ``unanimous_class_word`` (one
+    identity per photo, several people sharing one prompt) the gender only when all faces have it.
+    """
     if on_no_face not in ON_NO_FACE:
         raise FaceDetectionError(f"on_no_face must be one of {ON_NO_FACE}, got {on_no_face!r}")
     select = _parse_select(select)
@@ -175,6 +180,6 @@ def prepare_faces(
     word = class_word.strip() if class_word and class_word.strip().lower() != "auto" else None
     if word is None:
         word = class_word_from_gender(
-            [r.face.gender for r in reports if r.face is not None], fallback_class_word
+            [r.face.gender for r in reports if r.face is not None], fallback_class_word, unanimous_class_word
         )
     return PreparedFaces(aligned=stack_aligned(crops), class_word=word, reports=reports)
