@@ -69,7 +69,7 @@ class UniIDApply(UniIDNode):
                 ),
                 io.Int.Input(
                     "merge_step",
-                    default=5,
+                    default=OFFICIAL.merge_step,
                     min=0,
                     max=1000,
                     tooltip="Sampling step from which the 'after' scales apply (0 = from the start). Every "
@@ -79,25 +79,25 @@ class UniIDApply(UniIDNode):
                 ),
                 io.Float.Input(
                     "text_scale_before",
-                    default=0.5,
+                    default=OFFICIAL.text_before,
                     **scale,
                     tooltip="Text-token scale before the merge step",
                 ),
                 io.Float.Input(
                     "text_scale_after",
-                    default=1.8,
+                    default=OFFICIAL.text_after,
                     **scale,
                     tooltip="Text-token scale from the merge step on",
                 ),
                 io.Float.Input(
                     "adapter_scale_before",
-                    default=0.8,
+                    default=OFFICIAL.adapter_before,
                     **scale,
                     tooltip="Adapter-attention scale before the merge step",
                 ),
                 io.Float.Input(
                     "adapter_scale_after",
-                    default=1.2,
+                    default=OFFICIAL.adapter_after,
                     **scale,
                     tooltip="Adapter-attention scale from the merge step on",
                 ),
