@@ -84,7 +84,7 @@ def insightface_roots() -> list[Path]:
     if REPO_ROOT.parent.name == "custom_nodes":
         bases.append(REPO_ROOT.parents[1])
     roots.extend(base / "models" / "insightface" for base in bases)
-    return roots
+    return list(dict.fromkeys(root.resolve() for root in roots))
 
 
 @pytest.fixture(scope="session")
