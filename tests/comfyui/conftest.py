@@ -238,6 +238,24 @@ def random_conditioning(seed: int, batch: int = 1) -> list:
     ]
 
 
+@pytest.fixture(scope="module")
+def cn(comfy) -> types.SimpleNamespace:
+    """ComfyUI's node classes and sampler modules that the sampling graphs are built from."""
+    import comfy.samplers as samplers
+    import comfy.utils as utils
+    import comfy_extras.nodes_custom_sampler as custom
+    import comfy_extras.nodes_perpneg as perpneg
+
+    utils.set_progress_bar_enabled(False)
+    return types.SimpleNamespace(nodes=comfy.nodes, custom=custom, perpneg=perpneg, samplers=samplers)
+
+
+@pytest.fixture(scope="module")
+def conds() -> tuple[list, list]:
+    """A random positive and a random negative conditioning."""
+    return random_conditioning(1), random_conditioning(2)
+
+
 @pytest.fixture(scope="session")
 def small_face_net():
     """An IResNet with one block per stage (same interface as IResNet-100), random eval-mode weights."""

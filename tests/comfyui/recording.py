@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The official inference.py scales, written out so the tests do not read them from our own defaults.
+SCALES = dict(text_scale_before=0.5, text_scale_after=1.8, adapter_scale_before=0.8, adapter_scale_after=1.2)
+
 
 @dataclass
 class Call:
@@ -163,7 +166,11 @@ class _RecordedLayer:
 
         out = self.patch(q, k, v, extra_options)
         text = comfy_attention.optimized_attention(
-            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            q,
+            k,
+            v,
+            extra_options["n_heads"],
+            attn_precision=extra_options.get("attn_precision"),
             transformer_options=extra_options,
         )
         self.terms.setdefault(self.key, []).append(float((out - text).abs().max()))

@@ -12,30 +12,10 @@ import pytest
 import torch
 
 from tests.comfyui.conftest import init_weights, random_conditioning, random_identity
-from tests.comfyui.recording import Call, LoopTracker, Recorder, text_scale
+from tests.comfyui.recording import SCALES, Call, LoopTracker, Recorder, text_scale
 
 MERGE, STEPS = 2, 4
-SCALES = dict(text_scale_before=0.5, text_scale_after=1.8, adapter_scale_before=0.8, adapter_scale_after=1.2)
 CLOSE = dict(rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def cn(comfy):
-    """ComfyUI node classes and modules used by the graphs."""
-    import types
-
-    import comfy.samplers as samplers
-    import comfy.utils as utils
-    import comfy_extras.nodes_custom_sampler as custom
-    import comfy_extras.nodes_perpneg as perpneg
-
-    utils.set_progress_bar_enabled(False)
-    return types.SimpleNamespace(nodes=comfy.nodes, custom=custom, perpneg=perpneg, samplers=samplers)
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return random_conditioning(1), random_conditioning(2)
 
 
 def apply(pack, model, positive, weights, identity, merge_step=MERGE, **kw):
