@@ -207,19 +207,19 @@ class ReleaseContents:
                 raise CheckpointError(self._ambiguity(branch, files))
         missing = [branch for branch, files in (("text", text), ("adapter", adapter)) if not files]
         unreadable = self.of(KIND_UNREADABLE)
-        if missing and unreadable:
-            reasons = "; ".join(why_unreadable(path) for path in unreadable)
-            raise CheckpointError(
-                f"{self.root}: the {' and '.join(missing)} branch is not there and {len(unreadable)} weights "
-                f"file(s) could not be read: {reasons}. Download or copy "
-                f"{'it' if len(unreadable) == 1 else 'them'} again (or move what is not UniID weights out of "
-                "the folder)"
-            )
+        reasons = "; ".join(why_unreadable(path) for path in unreadable) if missing else ""
         if len(missing) == 2:
             raise CheckpointError(
                 f"{self.root}: no UniID weights found within {RELEASE_DEPTH} folder levels (found "
                 f"{self.listing()}); expected files holding text_branch.* / adapter_branch.* tensors, e.g. "
                 "text_branch_ckpt/pytorch_model.bin and adapter_ckpt/pytorch_model.bin"
+                + (f". Unreadable: {reasons}" if unreadable else "")
+            )
+        if missing and unreadable:
+            raise CheckpointError(
+                f"{self.root}: the {missing[0]} branch is not there and {len(unreadable)} weights file(s) "
+                f"could not be read: {reasons}. Download or copy {'it' if len(unreadable) == 1 else 'them'} "
+                "again (or move what is not UniID weights out of the folder)"
             )
         if missing:
             LOG.warning(
