@@ -333,13 +333,15 @@ def install_release(entry: ModelFile, dest: Path, source: ReleaseSource, dry_run
     except OSError as exc:
         raise CheckpointError(_download_failure(entry, dest, exc)) from exc
     contents = scan_release(dest)
-    try:
-        contents.branch_files()
-    except CheckpointError as exc:
-        unusable = [remote.path for remote, why in plan.skipped if why == NOT_WEIGHTS]
-        if unusable:
-            raise CheckpointError(f"{exc} (left out as {NOT_WEIGHTS}: {', '.join(unusable)})") from exc
-        raise
+    unusable = [remote.path for remote, why in plan.skipped if why == NOT_WEIGHTS]
+    if unusable and contents.missing_branches():
+        raise CheckpointError(
+            f"{entry.name}: the {' and '.join(contents.missing_branches())} branch is not in {dest}: "
+            f"{', '.join(unusable)} (intact, its sha256 matches the Hub's) is not weights-only readable "
+            "(it holds Python objects or no weights), so it is never loaded; ask the release's authors for "
+            f"a weights-only file ({RELEASE_URL})"
+        )
+    contents.branch_files()
     print(f"{entry.name}: OK, verified at {dest}\n  found {contents.listing()}")
     return True
 

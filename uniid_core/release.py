@@ -200,12 +200,11 @@ class ReleaseContents:
         (a truncated or broken branch file must not load as half a model); a log line when the folder
         holds one branch only.
         """
-        text = _prefer_safetensors(self.of(KIND_TEXT) + self.of(KIND_BOTH))
-        adapter = _prefer_safetensors(self.of(KIND_ADAPTER) + self.of(KIND_BOTH))
+        text, adapter = self._branches()
         for branch, files in (("text", text), ("adapter", adapter)):
             if len(files) > 1:
                 raise CheckpointError(self._ambiguity(branch, files))
-        missing = [branch for branch, files in (("text", text), ("adapter", adapter)) if not files]
+        missing = self.missing_branches()
         unreadable = self.of(KIND_UNREADABLE)
         reasons = "; ".join(why_unreadable(path) for path in unreadable) if missing else ""
         if len(missing) == 2:
@@ -230,6 +229,16 @@ class ReleaseContents:
                 missing[0],
             )
         return list(dict.fromkeys(text + adapter))
+
+    def _branches(self) -> tuple[list[Path], list[Path]]:
+        """The text- and adapter-branch files found (a safetensors copy replaces a .bin beside it)."""
+        text = _prefer_safetensors(self.of(KIND_TEXT) + self.of(KIND_BOTH))
+        adapter = _prefer_safetensors(self.of(KIND_ADAPTER) + self.of(KIND_BOTH))
+        return text, adapter
+
+    def missing_branches(self) -> list[str]:
+        """The branches ("text", "adapter") that no file found holds."""
+        return [name for name, files in zip(("text", "adapter"), self._branches(), strict=True) if not files]
 
     def _ambiguity(self, branch: str, files: list[Path]) -> str:
         """The error for a branch found more than once: what was found and which paths to move away."""
