@@ -442,7 +442,8 @@ def main(argv: Sequence[str] | None = None, hub: Hub | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=(), choices=[e.name for e in MANIFEST],
                         help="fetch only these entries (default: every non-optional one)")
     parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
-                        help="download NAME from URL instead of the manifest's sources")
+                        help="download NAME from URL (http://, https://, file:// or a local file's path) "
+                        "instead of the manifest's sources")
     parser.add_argument("--repo", default=RELEASE_REPO, help="Hugging Face repository of the release")
     parser.add_argument("--revision", default="main", help="branch, tag or commit of the release repository")
     parser.add_argument("--force", action="store_true", help="download again even if already in place")
