@@ -62,15 +62,15 @@ class UniIDSaveIdentity(UniIDNode):
                 io.String.Input(
                     "name",
                     default="identity",
-                    tooltip="File name (any language; characters a file name cannot hold become _); saved in "
-                    "identities/ of the first uniid model folder (models/uniid, or the first 'uniid:' folder "
-                    "of extra_model_paths.yaml)",
+                    tooltip="File name; saved in identities/ of the first uniid model folder (models/uniid, "
+                    "or the first 'uniid:' folder of extra_model_paths.yaml). Any language; characters a "
+                    "file name cannot hold become _",
                 ),
                 io.Boolean.Input(
                     "overwrite",
                     default=False,
-                    tooltip="Replace the saved identity of that name (in whichever uniid folder it is) "
-                    "instead of adding a number",
+                    tooltip="Replace an existing file of that name instead of adding a number. A name saved "
+                    "in any uniid folder counts, and is replaced where it is",
                 ),
             ],
             outputs=[io.String.Output(display_name="path")],
