@@ -4,21 +4,47 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 
 from comfy_api.v0_0_2 import io, ui
 
+from uniid_core.errors import UniIDError
 from uniid_core.identity import load_identity, save_identity
 
 from . import paths
 from .schema import CATEGORY, UniIDNode
 from .sockets import UNIID_IDENTITY
 
+SUFFIX = ".safetensors"
+
 
 def _safe_name(name: str) -> str:
-    """A file name without folders or odd characters, ending in .safetensors."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(name.strip())) or "identity"
-    stem = stem.removesuffix(".safetensors")
-    return f"{stem}.safetensors"
+    """A file name from a typed name: letters and digits of any script kept (NFC), other characters as
+    ``_``, no folders, no leading dot, ending in .safetensors; a name with nothing to keep is refused."""
+    text = unicodedata.normalize("NFC", name.strip()).replace("\\", "/").rstrip("/")
+    stem = os.path.basename(text)
+    if stem.lower().endswith(SUFFIX):
+        stem = stem[: -len(SUFFIX)]
+    stem = re.sub(r"[^\w.-]+", "_", stem).lstrip(".")
+    if not stem.strip("_.-"):
+        raise UniIDError(
+            f"UniID Save Identity: the name {name!r} has no letter or digit to make a file name of; type a "
+            "name such as 'alice'"
+        )
+    return stem + SUFFIX
+
+
+def _free_path(file_name: str, overwrite: bool) -> str:
+    """Where to save: with overwrite, the file the Load dropdown opens for that name (in any uniid
+    folder); else a name no uniid folder uses yet (``name_001`` ...), in the first uniid folder."""
+    existing = paths.find_identity(file_name)
+    if existing is not None and overwrite:
+        return existing
+    stem, candidate, counter = file_name[: -len(SUFFIX)], file_name, 1
+    while paths.find_identity(candidate) is not None:
+        candidate = f"{stem}_{counter:03d}{SUFFIX}"
+        counter += 1
+    return os.path.join(paths.identity_dir(), candidate)
 
 
 class UniIDSaveIdentity(UniIDNode):
@@ -37,12 +63,14 @@ class UniIDSaveIdentity(UniIDNode):
                     "name",
                     default="identity",
                     tooltip="File name; saved in identities/ of the first uniid model folder (models/uniid, "
-                    "or the first 'uniid:' folder of extra_model_paths.yaml)",
+                    "or the first 'uniid:' folder of extra_model_paths.yaml). Any language; characters a "
+                    "file name cannot hold become _",
                 ),
                 io.Boolean.Input(
                     "overwrite",
                     default=False,
-                    tooltip="Replace an existing file of that name instead of adding a number",
+                    tooltip="Replace an existing file of that name instead of adding a number. A name saved "
+                    "in any uniid folder counts, and is replaced where it is",
                 ),
             ],
             outputs=[io.String.Output(display_name="path")],
@@ -51,13 +79,7 @@ class UniIDSaveIdentity(UniIDNode):
 
     @classmethod
     def execute(cls, identity, name: str, overwrite: bool) -> io.NodeOutput:
-        folder = paths.identity_dir()
-        file_name = _safe_name(name)
-        path = os.path.join(folder, file_name)
-        counter = 1
-        while os.path.exists(path) and not overwrite:
-            path = os.path.join(folder, f"{file_name.removesuffix('.safetensors')}_{counter:03d}.safetensors")
-            counter += 1
+        path = _free_path(_safe_name(name), overwrite)
         save_identity(identity, path)
         return io.NodeOutput(path, ui=ui.PreviewText(path))
 

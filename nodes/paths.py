@@ -19,6 +19,7 @@ from uniid_core.release import (
     holds_uniid,
     is_weights_name,
 )
+from uniid_core.weights_file import is_extra_shard
 
 UNIID_FOLDER = "uniid"
 INSIGHTFACE_FOLDER = "insightface"
@@ -56,9 +57,10 @@ def _listable(name: str) -> bool:
 
 
 def _has_content(folder: str, name: str) -> bool:
-    """False for an empty (0-byte) file: an interrupted download is no choice to offer."""
+    """False for an empty (0-byte) file (an interrupted download is no choice to offer) and for a shard
+    after the first of a checkpoint saved in pieces (the first one loads them all)."""
     path = folder_paths.get_full_path(folder, name)
-    return path is not None and os.path.getsize(path) > 0
+    return path is not None and os.path.getsize(path) > 0 and not is_extra_shard(path)
 
 
 def release_dirs() -> list[str]:
@@ -188,6 +190,15 @@ def identity_dir() -> str:
     return path
 
 
+def find_identity(file_name: str) -> str | None:
+    """The saved identity ``identities/<file_name>`` resolves to (first uniid folder holding it), or None."""
+    for root in folder_dirs(UNIID_FOLDER):
+        path = os.path.join(root, IDENTITY_SUBDIR, file_name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def identity_choices() -> list[str]:
     """Saved identities: identities/*.safetensors of every uniid folder, then the input folder's."""
     out = []
@@ -211,11 +222,10 @@ def resolve_identity(choice: str) -> str:
         raise CheckpointError(
             f"identity '{name}' not found in ComfyUI's input folder {os.path.dirname(path)}"
         )
-    for root in folder_dirs(UNIID_FOLDER):
-        path = os.path.join(root, IDENTITY_SUBDIR, name)
-        if os.path.isfile(path):
-            return path
-    raise _missing(UNIID_FOLDER, f"{IDENTITY_SUBDIR}/{name}")
+    path = find_identity(name)
+    if path is None:
+        raise _missing(UNIID_FOLDER, f"{IDENTITY_SUBDIR}/{name}")
+    return path
 
 
 def names_choices() -> list[str]:

@@ -37,6 +37,8 @@ from .weights_keys import (
 FORMAT = "uniid"
 FORMAT_VERSION = 1
 OFFICIAL_FILES = ("pytorch_model.bin", "model.safetensors")
+OFFICIAL_SHARDS = ("pytorch_model-*1-of-*.bin", "model-*1-of-*.safetensors")
+"""First shards of the same files saved in pieces (``pytorch_model-00001-of-00002.bin``)."""
 _SHOWN = 3  # keys shown per problem list
 
 
@@ -194,12 +196,17 @@ def uniid_from_tensors(
 
 
 def _branch_file(path: Path) -> Path:
-    """The weights file of an official branch folder (or the path itself when it is a file)."""
+    """The weights file of an official branch folder (or the path itself when it is a file); for a
+    checkpoint saved in shards, its first shard (which reads as the whole)."""
     if path.is_file():
         return path
     for name in OFFICIAL_FILES:
         if (path / name).is_file():
             return path / name
+    for pattern in OFFICIAL_SHARDS:
+        first = sorted(path.glob(pattern))
+        if first:
+            return first[0]
     if path.is_dir():
         raise CheckpointError(f"{path}: no {' or '.join(OFFICIAL_FILES)} here; give the weights file")
     raise CheckpointError(f"{path}: no such file or folder")
@@ -281,7 +288,7 @@ def _check_metadata(
     try:
         version = int(metadata.get("format_version", "0"))
         stored = UniIDConfig.from_metadata(metadata)
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file}: damaged UniID metadata ({exc}); convert the weights again") from exc
     if version > FORMAT_VERSION:
         raise CheckpointError(

@@ -7,10 +7,13 @@ the insightface detector packs and SDXL base from their public URLs. Run by hand
 
 from __future__ import annotations
 
+import errno
+import http.client
 import os
 import shutil
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
@@ -21,6 +24,8 @@ from uniid_core.cli import argument_parser, run_cli
 from uniid_core.errors import CheckpointError
 from uniid_core.hub_release import (
     CHUNK,
+    LOCAL_WRITE_ERRNOS,
+    NOT_WEIGHTS,
     RELEASE_REPO,
     RELEASE_URL,
     Hub,
@@ -41,6 +46,8 @@ INSIGHTFACE_RELEASES = (
 )
 ARCFACE_MODEL_ZOO = "https://github.com/deepinsight/insightface/tree/master/recognition/arcface_torch"
 RELEASE_FOLDER = "UniID"
+URL_SCHEMES = ("http", "https", "file")
+"""What ``--url`` accepts (urllib opens these); a plain path of an existing file becomes a file:// URL."""
 
 
 @dataclass(frozen=True)
@@ -121,17 +128,24 @@ Fetcher = Callable[[str, Path], None]
 
 
 def fetch_url(url: str, dest: Path) -> None:
-    """Stream url into dest (the network step; tests replace it)."""
+    """Stream url into dest (the network step; tests replace it); OSError when fewer bytes arrive than
+    the server announced or the connection breaks."""
     request = urllib.request.Request(url, headers={"User-Agent": "comfyui-uniid-download"})
-    with urllib.request.urlopen(request, timeout=60) as response, open(dest, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0)
-        done = 0
-        while chunk := response.read(CHUNK):
-            out.write(chunk)
-            done += len(chunk)
-            if total:
-                print(f"\r  {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
+    total = done = 0
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, open(dest, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if total:
+                    print(f"\r  {done / 2**20:8.1f} / {total / 2**20:.1f} MiB", end="", flush=True)
+    except http.client.HTTPException as exc:
+        raise OSError(f"the connection broke after {done} bytes ({type(exc).__name__}: {exc})") from exc
+    finally:
         print()
+    if total and done != total:
+        raise OSError(f"received {done} of the {total} bytes announced: the connection dropped; try again")
 
 
 def verify_download(entry: ModelFile, path: Path) -> None:
@@ -200,17 +214,31 @@ def _extract_pack(entry: ModelFile, archive: Path, dest: Path) -> None:
             raise CheckpointError(
                 f"{entry.name}: the archive lacks {', '.join(missing)}; expected them directly in {dest}"
             )
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(root, dest)
+        _swap_into_place(root, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _release_face_nets(models_dir: Path) -> list[Path]:
+def _swap_into_place(new: Path, dest: Path) -> None:
+    """Move folder ``new`` to ``dest``; an old ``dest`` is set aside first and put back if that fails."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.previous.", dir=dest.parent))
+    try:
+        os.replace(dest, aside / dest.name)
+        try:
+            os.replace(new, dest)
+        except BaseException:
+            os.replace(aside / dest.name, dest)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _release_face_nets(release: Path | None) -> list[Path]:
     """Face nets inside the release folder (recognised by their keys)."""
-    release = next(e for e in MANIFEST if e.kind == "hf_repo").destination(models_dir)
-    return scan_release(release).of(KIND_FACE_NET) if release.is_dir() else []
+    return scan_release(release).of(KIND_FACE_NET) if release is not None and release.is_dir() else []
 
 
 def is_present(entry: ModelFile, models_dir: Path) -> bool:
@@ -250,12 +278,21 @@ def install_model_file(
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``--url NAME=URL`` pairs as a dict; an existing local file becomes a file:// URL."""
     known = {entry.name for entry in MANIFEST if entry.kind != "hf_repo"}
     out = {}
     for pair in pairs:
         name, sep, url = pair.partition("=")
         if not sep or name not in known or not url:
             raise SystemExit(f"--url expects NAME=URL with NAME one of {sorted(known)}, got {pair!r}")
+        if urllib.parse.urlsplit(url).scheme.lower() not in URL_SCHEMES:
+            local = Path(url).expanduser()
+            if not local.is_file():
+                raise SystemExit(
+                    f"--url {pair}: {url!r} is neither an {', '.join(s + '://' for s in URL_SCHEMES)} URL "
+                    "nor an existing file; give a URL or the path of the file"
+                )
+            url = local.resolve().as_uri()
         out[name] = url
     return out
 
@@ -294,13 +331,32 @@ def install_release(entry: ModelFile, dest: Path, source: ReleaseSource, dry_run
     try:
         fetch_release(source.hub, plan, dest, source.repo, source.revision, force)
     except OSError as exc:
-        raise CheckpointError(
-            f"{entry.name}: download interrupted ({exc}); run the same command again to resume"
-        ) from exc
+        raise CheckpointError(_download_failure(entry, dest, exc)) from exc
     contents = scan_release(dest)
+    unusable = [remote.path for remote, why in plan.skipped if why == NOT_WEIGHTS]
+    if unusable and contents.missing_branches():
+        raise CheckpointError(
+            f"{entry.name}: the {' and '.join(contents.missing_branches())} branch is not in {dest}: "
+            f"{', '.join(unusable)} (intact, its sha256 matches the Hub's) is not weights-only readable "
+            "(it holds Python objects or no weights), so it is never loaded; ask the release's authors for "
+            f"a weights-only file ({RELEASE_URL})"
+        )
     contents.branch_files()
     print(f"{entry.name}: OK, verified at {dest}\n  found {contents.listing()}")
     return True
+
+
+def _download_failure(entry: ModelFile, dest: Path, exc: OSError) -> str:
+    """What a failed release download means: a folder that cannot be written, or an interruption."""
+    if exc.errno not in LOCAL_WRITE_ERRNOS:
+        return f"{entry.name}: download interrupted ({exc}); run the same command again to resume"
+    if exc.errno == errno.EROFS:
+        advice = "the disk is read-only: choose another folder with --dest"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        advice = "choose a folder you can write with --dest, or fix its permissions"
+    else:
+        advice = "free some disk space (or choose another folder with --dest) and run the same command again"
+    return f"{entry.name}: cannot write {exc.filename or dest} ({exc.strerror or exc}); {advice}"
 
 
 def run(
@@ -325,10 +381,12 @@ def run(
     selected = [e for e in MANIFEST if (e.name in only if only else e.default or e.name in overrides)]
     if models_dir is None:
         selected = [e for e in selected if e.kind == "hf_repo"]
+    release_entry = next(e for e in MANIFEST if e.kind == "hf_repo")
+    release_dest = release.dest or (release_entry.destination(models_dir) if models_dir is not None else None)
     missing = 0
     for entry in selected:
         if entry.kind == "hf_repo":
-            dest = release.dest or entry.destination(models_dir)
+            dest = release_dest
             try:
                 missing += not install_release(entry, dest, release, dry_run, force)
             except CheckpointError as exc:
@@ -336,7 +394,7 @@ def run(
                 missing += 1
             continue
         dest = entry.destination(models_dir)
-        inside = _release_face_nets(models_dir) if entry.name == "face_net" else []
+        inside = _release_face_nets(release_dest) if entry.name == "face_net" else []
         if inside:
             print(f"{entry.name}: provided by the release, at {inside[0]}")
             continue
@@ -384,7 +442,8 @@ def main(argv: Sequence[str] | None = None, hub: Hub | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=(), choices=[e.name for e in MANIFEST],
                         help="fetch only these entries (default: every non-optional one)")
     parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
-                        help="download NAME from URL instead of the manifest's sources")
+                        help="download NAME from URL (http://, https://, file:// or a local file's path) "
+                        "instead of the manifest's sources")
     parser.add_argument("--repo", default=RELEASE_REPO, help="Hugging Face repository of the release")
     parser.add_argument("--revision", default="main", help="branch, tag or commit of the release repository")
     parser.add_argument("--force", action="store_true", help="download again even if already in place")

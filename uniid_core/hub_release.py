@@ -4,12 +4,15 @@ The release's file names are not assumed: the repository is listed and everythin
 (optimizer, scheduler, RNG files) and repository metadata is fetched, keeping its folder structure.
 Each file is downloaded into a hidden staging folder inside the destination (huggingface_hub resumes
 interrupted downloads there), checked against the size and sha256 the Hub lists and, for weights, read
-back as weights-only tensors, and only then moved to its final place. huggingface_hub is imported only
-when the real Hub is used; tests pass their own ``Hub``.
+back as weights-only tensors, and only then moved to its final place. A file already in place counts only
+when its size and sha256 match the listing (retrained weights often keep the byte count). A file intact as
+published that is not weights-only readable (a pickled sampler, say) is left out with a note.
+huggingface_hub is imported only when the real Hub is used; tests pass their own ``Hub``.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -27,10 +30,30 @@ STAGING = ".download"
 CHUNK = 1 << 20
 _TRAINING_STATE_SUFFIXES = (".pkl", ".ckpt")
 _OFFLINE_VALUES = {"1", "ON", "YES", "TRUE"}
+LOCAL_WRITE_ERRNOS = frozenset(
+    code
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", None))
+    if code
+)
+"""OS errors that mean the destination cannot be written (running again will not help)."""
+
+
+_GATED = (
+    f"{RELEASE_URL} is gated: accept its terms on that page, then log in with `hf auth login` (or set "
+    "HF_TOKEN) and run this again"
+)
 
 
 class HubUnavailable(Exception):
     """The Hub cannot be reached (offline mode, no network): the user has to fetch the files by hand."""
+
+
+NOT_WEIGHTS = "not weights-only readable, so never loaded"
+"""The reason a published file that is not weights is left out of the release."""
+
+
+class NotWeights(CheckpointError):
+    """A file intact as published (its sha256 matches) that does not read as weights-only tensors."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +73,11 @@ class Hub(Protocol):
         ...
 
     def download(self, repo_id: str, path: str, revision: str, folder: Path) -> Path:
-        """Fetch one file to ``folder / path`` (resuming a partial download); returns the local path."""
+        """Fetch one file to ``folder / path`` (resuming a partial download); returns the local path.
+
+        Raises OSError for an interrupted or failed connection (running again resumes), the OSError of a
+        destination that cannot be written as it is, and CheckpointError when the Hub refuses the file.
+        """
         ...
 
 
@@ -65,10 +92,7 @@ class HuggingFaceHub:
         try:
             entries = list(HfApi().list_repo_tree(repo_id, recursive=True, revision=revision))
         except GatedRepoError as exc:
-            raise CheckpointError(
-                f"{RELEASE_URL} is gated: accept its terms on that page, then log in with "
-                "`hf auth login` (or set HF_TOKEN) and run this again"
-            ) from exc
+            raise CheckpointError(_GATED) from exc
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise CheckpointError(
                 f"{repo_id}@{revision} was not found on the Hugging Face Hub ({exc})"
@@ -82,12 +106,51 @@ class HuggingFaceHub:
         ]
 
     def download(self, repo_id: str, path: str, revision: str, folder: Path) -> Path:
-        """hf_hub_download into ``folder`` (its .cache keeps partial downloads for the next run)."""
+        """hf_hub_download into ``folder`` (its .cache keeps partial downloads for the next run).
+
+        Only connection trouble becomes a plain OSError (resumable); a destination that cannot be
+        written keeps its own OSError, and a file, revision or repository the Hub refuses is a
+        CheckpointError saying what to check.
+        """
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             return Path(hf_hub_download(repo_id, path, revision=revision, local_dir=folder))
-        except Exception as exc:
+        except GatedRepoError as exc:
+            raise CheckpointError(_GATED) from exc
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            raise CheckpointError(
+                f"{repo_id}@{revision} was not found on the Hugging Face Hub ({exc}); check --repo and "
+                "--revision"
+            ) from exc
+        except LocalEntryNotFoundError as exc:  # the Hub could not be reached and nothing is cached
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+        except EntryNotFoundError as exc:
+            raise CheckpointError(
+                f"{path} is not in {repo_id} at revision {revision} (the Hub answered: not found); check "
+                f"--repo and --revision, or fetch the file by hand from {RELEASE_URL}"
+            ) from exc
+        except HfHubHTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                raise CheckpointError(
+                    f"{path}: the Hugging Face Hub refused the download (HTTP {status}: {exc}); check "
+                    "--repo, --revision and your login (`hf auth login` or HF_TOKEN)"
+                ) from exc
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            if exc.errno in LOCAL_WRITE_ERRNOS:
+                raise
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # the HTTP client's own connection and protocol errors
             raise OSError(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -164,7 +227,11 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_file(remote: RemoteFile, path: Path) -> None:
-    """Size and sha256 as the Hub lists them; weights files must read back as weights-only tensors."""
+    """Size and sha256 as the Hub lists them; weights files must read back as weights-only tensors.
+
+    A weights file whose sha256 matches but that does not read as weights raises NotWeights: it is the
+    published file, so downloading it again will not help.
+    """
     actual = path.stat().st_size
     if remote.size is not None and actual != remote.size:
         raise CheckpointError(f"{remote.path}: expected {remote.size} bytes, got {actual}; download it again")
@@ -174,15 +241,19 @@ def verify_file(remote: RemoteFile, path: Path) -> None:
         try:
             read_keys(path)
         except CheckpointError as exc:
+            if remote.sha256 is not None:
+                raise NotWeights(f"{remote.path}: not weights-only readable ({exc})") from exc
             raise CheckpointError(
                 f"{remote.path}: the download is not readable weights ({exc}); run the command again"
             ) from exc
 
 
 def present(remote: RemoteFile, dest: Path) -> bool:
-    """Whether a file is already in place (same size as listed; verified when it was moved there)."""
+    """Whether a file is already in place: the size and, when the Hub lists one, the sha256 match."""
     path = dest / remote.path
-    return path.is_file() and (remote.size is None or path.stat().st_size == remote.size)
+    if not path.is_file() or (remote.size is not None and path.stat().st_size != remote.size):
+        return False
+    return remote.sha256 is None or sha256_of(path) == remote.sha256
 
 
 def fetch_release(
@@ -193,18 +264,29 @@ def fetch_release(
     revision: str = "main",
     force: bool = False,
 ) -> list[Path]:
-    """Download, verify and move every planned file into ``dest``; returns the files written now."""
+    """Download, verify and move every planned file into ``dest``; returns the files written now.
+
+    A published file that is not weights-only readable is not moved into place: it joins
+    ``plan.skipped`` with the reason.
+    """
     staging = dest / STAGING
     written = []
-    for remote in plan.fetch:
+    for remote in list(plan.fetch):
         final = dest / remote.path
-        if present(remote, dest) and not force:
+        if not force and present(remote, dest):
             print(f"  in place   {remote.path}")
             continue
-        print(f"  fetching   {remote.path}")
+        changed = " (the file in place differs from the Hub's)" if final.is_file() and not force else ""
+        print(f"  fetching   {remote.path}{changed}")
         staged = hub.download(repo_id, remote.path, revision, staging)
         try:
             verify_file(remote, staged)
+        except NotWeights as exc:
+            staged.unlink(missing_ok=True)
+            plan.fetch.remove(remote)
+            plan.skipped.append((remote, NOT_WEIGHTS))
+            print(f"  skipped    {remote.path}  ({exc})")
+            continue
         except CheckpointError:
             staged.unlink(missing_ok=True)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import secrets
 import zipfile
 from collections.abc import Callable, Mapping
@@ -19,6 +20,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from .errors import CheckpointError
+
+_SHARD = re.compile(r"(?P<stem>.+)-(?P<index>\d+)-of-(?P<count>\d+)(?P<suffix>\.[^.]+)")
+"""A shard of a checkpoint saved in pieces (transformers, accelerate): ``model-00001-of-00003.bin``."""
 
 
 def _new_temp_file(folder: Path, name: str) -> tuple[Path, int]:
@@ -91,9 +95,72 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
         return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
 
 
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata."""
+def shard_group(path: str | os.PathLike) -> list[Path] | None:
+    """Every shard of the checkpoint ``path`` is a piece of (present or not); None for a whole file."""
     path = Path(path)
+    match = _SHARD.fullmatch(path.name)
+    if match is None:
+        return None
+    index, count, width = int(match["index"]), int(match["count"]), len(match["index"])
+    if not 1 <= index <= count:
+        return None
+    return [
+        path.with_name(f"{match['stem']}-{i:0{width}d}-of-{match['count']}{match['suffix']}")
+        for i in range(1, count + 1)
+    ]
+
+
+def is_extra_shard(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a shard after the first present one (its group is read through that one)."""
+    group = shard_group(path)
+    if group is None:
+        return False
+    first = next((p for p in group if p.is_file()), None)
+    return first is not None and first.name != Path(path).name
+
+
+def shard_files(path: str | os.PathLike) -> list[Path]:
+    """The files holding the weights of ``path``: itself, or every shard of its group (all must be there)."""
+    path = Path(path)
+    group = shard_group(path)
+    if group is None:
+        return [path]
+    missing = [p.name for p in group if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{path} is one of {len(group)} shards of a checkpoint saved in pieces, but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing beside it; download or "
+            "copy every shard into that folder"
+        )
+    return group
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors of a ``.safetensors`` or torch file (weights_only) plus safetensors metadata.
+
+    A shard (``model-00001-of-00002.safetensors``) reads as its whole checkpoint: every shard, merged.
+    """
+    files = shard_files(path)
+    if len(files) == 1:
+        return _read_one(files[0])
+    merged: dict[str, Tensor] = {}
+    owner: dict[str, Path] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        tensors, meta = _read_one(file)
+        for key, value in tensors.items():
+            if key in merged:
+                raise CheckpointError(
+                    f"{owner[key].name} and {file.name} in {file.parent} both hold {key}: the shards come "
+                    "from different saves; download or copy them again"
+                )
+            merged[key], owner[key] = value, file
+        metadata = metadata or meta
+    return merged, metadata
+
+
+def _read_one(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors and the metadata of one file, every failure a CheckpointError naming it."""
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a weights file; give the weights file inside it")
     if not path.is_file():

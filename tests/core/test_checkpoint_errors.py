@@ -147,6 +147,8 @@ def test_metadata_checks(tmp_path, tiny_model, monkeypatch):
     tensors = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
     save_file(tensors, str(edited), metadata={**_meta(path), "format_version": "1", "num_text_tokens": "5"})
     _expect(edited, "metadata says num_text_tokens=5")
+    save_file(tensors, str(edited), metadata={**_meta(path), "layer_widths": "[32, 64]"})
+    assert _expect(edited, "damaged UniID metadata").startswith(f"{edited}: ")
 
 
 def _meta(path) -> dict[str, str]:

@@ -147,3 +147,10 @@ def test_load_image_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FaceDetectionError) as info:
         load_image(path)
     assert str(info.value).startswith(f"{path}: image is 8x8 pixels")
+
+
+def test_an_image_too_large_to_open_safely_is_refused_clearly(tmp_path: Path, monkeypatch) -> None:
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is then past PIL's bomb limit
+    with pytest.raises(FaceDetectionError, match=r"huge.png: it is too large to open safely .*; scale it"):
+        load_image(tmp_path / "huge.png")

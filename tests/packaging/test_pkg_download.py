@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.server
+import os
+import threading
 import zipfile
 from pathlib import Path
 
@@ -152,3 +155,69 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="NAME=URL"):
         download.main(["--comfyui", comfy, "--url", "uniid=https://example.invalid/x"])
     assert download.main(["--list"]) == 0
+
+
+def test_url_override_takes_urls_and_local_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    comfy = _comfy(tmp_path)
+    for bad in ("/no/such/backbone.pth", "ftp://example.invalid/backbone.pth"):
+        with pytest.raises(SystemExit, match="neither an http://, https://, file:// URL nor an existing"):
+            download.main(["--comfyui", str(comfy), "--only", "face_net", "--url", f"face_net={bad}"])
+    local = tmp_path / "downloads" / "backbone.pth"
+    local.parent.mkdir()
+    torch.save({"fc.weight": torch.ones(2, 2)}, local)
+    assert download.main(["--comfyui", str(comfy), "--only", "face_net", "--url", f"face_net={local}"]) == 0
+    assert f"downloading {local.resolve().as_uri()}" in capsys.readouterr().out
+    assert FACE_NET.destination(comfy / "models").read_bytes() == local.read_bytes()
+    assert _leftovers(comfy / "models") == []
+
+
+class _ShortReply(http.server.BaseHTTPRequestHandler):
+    """Announces 1000 bytes, sends 400, closes: a connection dropped half-way."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"x" * 400)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_a_download_shorter_than_announced_is_refused(tmp_path: Path) -> None:
+    comfy = _comfy(tmp_path)
+    server = http.server.HTTPServer(("127.0.0.1", 0), _ShortReply)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/backbone.pth"
+        with pytest.raises(OSError, match="received 400 of the 1000 bytes announced"):
+            download.fetch_url(url, tmp_path / "part")
+        with pytest.raises(CheckpointError, match="received 400 of the 1000 bytes"):
+            download.install_model_file(FACE_NET, comfy / "models", [url])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not FACE_NET.destination(comfy / "models").exists()
+    assert _leftovers(comfy / "models") == []
+
+
+def test_forced_reinstall_keeps_the_old_pack_until_the_new_one_is_in_place(tmp_path: Path, monkeypatch):
+    comfy = _comfy(tmp_path)
+    _, fetch = _serving({BUFFALO.urls[0]: _zip_bytes(tmp_path, BUFFALO.members, prefix="buffalo_l/")})
+    dest = download.install_model_file(BUFFALO, comfy / "models", BUFFALO.urls[:1], fetch)
+    old = {p.name: p.read_bytes() for p in dest.iterdir()}
+    real_replace = os.replace
+
+    def interrupted_move(src, dst):  # Ctrl-C just as the new pack would take the old one's place
+        if Path(dst) == dest and not Path(src).parent.name.startswith(f".{dest.name}.previous"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted_move)
+    with pytest.raises(KeyboardInterrupt):
+        download.install_model_file(BUFFALO, comfy / "models", BUFFALO.urls[:1], fetch)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == old
+    assert _leftovers(comfy / "models") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 from pathlib import Path
@@ -13,7 +14,7 @@ from safetensors.torch import save as safetensors_bytes
 from tests.core.conftest import TINY_CONFIG, randomize
 from uniid_core import download
 from uniid_core.checkpoint import load_uniid
-from uniid_core.hub_release import STAGING, HubUnavailable, RemoteFile
+from uniid_core.hub_release import STAGING, HubUnavailable, HuggingFaceHub, RemoteFile
 from uniid_core.models import FaceRecognitionNet, UniIDModel
 from uniid_core.release import KIND_FACE_NET, scan_release
 
@@ -29,7 +30,11 @@ def _torch_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 @pytest.fixture(scope="module")
 def release_files() -> dict[str, bytes]:
     """A release as the official training script writes it: accelerate checkpoints plus the face net."""
-    model = randomize(UniIDModel(TINY_CONFIG), seed=5)
+    return _release_files(seed=5)
+
+
+def _release_files(seed: int) -> dict[str, bytes]:
+    model = randomize(UniIDModel(TINY_CONFIG), seed=seed)
     state = model.state_dict()
     text = {f"module.{k}": v for k, v in state.items() if k.startswith("text_branch.")}
     adapter = {k: v.contiguous() for k, v in state.items() if k.startswith("adapter_branch.")}
@@ -168,6 +173,15 @@ def test_corrupt_download_is_never_moved_into_place(tmp_path: Path, release_file
     broken = dict(release_files)
     broken[text] = b"<html>rate limited</html>"
     assert _run(FakeHub(broken), "--dest", str(dest)) == 1
+    err = capsys.readouterr().err
+    assert f"the text branch is not in {dest}: {text} (intact" in err, "no half release is 'OK'"
+    assert "not weights-only readable" in err
+    assert not (dest / text).exists()
+    unlisted = FakeHub(broken)
+    unlisted.list_files = lambda repo, revision: [  # no sha256 listed: the bytes may be a server's error page
+        RemoteFile(path, len(data)) for path, data in broken.items()
+    ]
+    assert _run(unlisted, "--dest", str(dest)) == 1
     assert f"{text}: the download is not readable weights" in capsys.readouterr().err
     assert not (dest / text).exists()
 
@@ -190,3 +204,99 @@ def test_offline_says_in_one_line_where_to_put_the_files(tmp_path: Path, release
     assert _run(FakeHub(release_files), "--dest", str(dest)) == 0
     assert _run(unreachable, "--dest", str(dest)) == 0, "a release already in place stays usable offline"
     assert "in place at" in capsys.readouterr().out
+
+
+def test_files_in_place_are_compared_by_sha256(tmp_path: Path, release_files, capsys) -> None:
+    """Retrained weights keep their byte count: a new revision must still replace them."""
+    retrained = _release_files(seed=6)
+    assert {k: len(v) for k, v in retrained.items()} == {k: len(v) for k, v in release_files.items()}
+    dest = tmp_path / "release"
+    assert _run(FakeHub(release_files), "--dest", str(dest)) == 0
+    hub = FakeHub(retrained)
+    assert _run(hub, "--dest", str(dest), "--revision", "v2") == 0
+    text = "text_branch/checkpoint-12/pytorch_model.bin"
+    assert f"fetching   {text} (the file in place differs from the Hub's)" in capsys.readouterr().out
+    assert (dest / text).read_bytes() == retrained[text]
+    assert load_uniid(dest).fingerprint == randomize(UniIDModel(TINY_CONFIG), seed=6).refresh_fingerprint()
+    before = len(hub.downloads)
+    assert _run(hub, "--dest", str(dest), "--revision", "v2") == 0
+    assert len(hub.downloads) == before, "files whose sha256 matches are not downloaded again"
+
+
+def test_training_state_and_published_non_weights_are_left_out(tmp_path: Path, release_files, capsys) -> None:
+    """accelerate's sampler.bin / dl_state_dict.bin are never fetched; a published .bin holding Python
+    objects is fetched, found intact, and left out with a note instead of failing every run."""
+    sampler = _torch_bytes(torch.utils.data.RandomSampler(range(4)))  # pickled object, as accelerate saves it
+    files = {
+        **release_files,
+        "text_branch/checkpoint-12/sampler.bin": sampler,
+        "text_branch/checkpoint-12/dl_state_dict.bin": sampler,
+        "extras/sampler_state.bin": sampler,
+    }
+    hub = FakeHub(files)
+    dest = tmp_path / "release"
+    assert _run(hub, "--dest", str(dest)) == 0
+    out = capsys.readouterr().out
+    assert not any(name.endswith(("/sampler.bin", "/dl_state_dict.bin")) for name in hub.downloads)
+    assert "skipped    text_branch/checkpoint-12/sampler.bin" not in out
+    assert "extras/sampler_state.bin" in hub.downloads
+    assert "skipped    extras/sampler_state.bin  (extras/sampler_state.bin: not weights-only readable" in out
+    assert not (dest / "extras").exists() and not (dest / STAGING).exists()
+    assert _run(hub, "--dest", str(dest), "--dry-run") == 0
+    assert "skipped    text_branch/checkpoint-12/sampler.bin  (training state" in capsys.readouterr().out
+
+
+class _HubWithFailingDownloads(HuggingFaceHub):
+    """The real Hub client with its listing served from memory (hf_hub_download is replaced per case)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.listing = FakeHub(files)
+
+    def list_files(self, repo_id: str, revision: str) -> list[RemoteFile]:
+        return self.listing.list_files(repo_id, revision)
+
+
+@pytest.mark.parametrize(
+    "case, expected, resumable",
+    [
+        ("read-only", "cannot write {staging} (Permission denied); choose a folder you can write", 0),
+        ("disk full", "cannot write {staging} (No space left on device); free some disk space", 0),
+        ("not at revision", "is not in pangly/UniID at revision v9 (the Hub answered: not found); check", 0),
+        ("connection lost", "download interrupted (LocalEntryNotFoundError: cannot reach the Hub)", 1),
+        ("reset", "download interrupted (ConnectionResetError: [Errno 104] Connection reset by peer)", 1),
+    ],
+)
+def test_only_connection_trouble_is_called_an_interruption(
+    tmp_path: Path, release_files, capsys, monkeypatch, case: str, expected: str, resumable: int
+) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub", reason="the real Hub client maps the errors")
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    dest = tmp_path / "release"
+    staging = str(dest / STAGING)
+    raised = {
+        "read-only": PermissionError(errno.EACCES, "Permission denied", staging),
+        "disk full": OSError(errno.ENOSPC, "No space left on device", staging),
+        "not at revision": EntryNotFoundError("404 Client Error. Entry Not Found for url"),
+        "connection lost": LocalEntryNotFoundError("cannot reach the Hub"),
+        "reset": ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+    }[case]
+
+    def failing_download(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing_download)
+    hub = _HubWithFailingDownloads(release_files)
+    assert download.main(["--dest", str(dest), "--revision", "v9"], hub=hub) == 1
+    err = capsys.readouterr().err
+    assert expected.format(staging=staging) in err
+    assert ("run the same command again to resume" in err) == bool(resumable)
+
+
+def test_face_net_is_found_in_a_release_under_another_name(tmp_path: Path, release_files, capsys) -> None:
+    comfy = _comfy(tmp_path)
+    dest = comfy / "models" / "uniid" / "UniID-v1"
+    hub = FakeHub(release_files)
+    assert _run(hub, "--comfyui", str(comfy), "--dest", str(dest), "--only", "uniid", "face_net") == 0
+    face = dest / "face_recognition_model" / "backbone.pth"
+    assert f"face_net: provided by the release, at {face}" in capsys.readouterr().out

@@ -124,6 +124,11 @@ def load_image(path: str | Path, alpha_background: int = ALPHA_BACKGROUND) -> np
             elif img.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16L", "I;16B"):
                 img = img.convert("RGB")
             array = np.array(img)
+    except Image.DecompressionBombError as exc:
+        raise FaceDetectionError(
+            f"could not read {path}: it is too large to open safely ({exc}); scale it down (a face needs no "
+            "more than a few megapixels)"
+        ) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise FaceDetectionError(
             f"could not read {path}: the file is corrupt, truncated or not an image ({exc}); "
