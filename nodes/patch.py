@@ -3,9 +3,9 @@
 One ``UniIDState`` per UniID Apply; on the MODEL it installs four wrappers and one attn2 replace per
 cross-attention layer (all under the wrapper key "uniid"):
 
-- SAMPLER_SAMPLE, once per sampler run: copies the run's sigmas to the host (the only device read),
-  continues the step count of a run this one continues (split sampling), projects the identity's token
-  sets through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's marker, and
+- SAMPLER_SAMPLE, once per sampler run: copies the run's sigmas to the host, continues the step count
+  of a run this one continues (split sampling, see segments.py), projects the identity's token sets
+  through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's marker, and
   wraps the step callback that drives the host-side ``StepClock``.
 - PREDICT_NOISE, once per model evaluation: picks the evaluation's step and its scales.
 - CALC_COND_BATCH: multiplies this Apply's marked text rows by the step's text scale in the cond entries
@@ -42,6 +42,7 @@ from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
 from .conditioning import POSITIVE, mark_for, scale_rows
+from .segments import SegmentLog
 from .steps import BY_SIGMA, StepClock, is_known, step_rule
 
 LOG = logging.getLogger("UniID")
@@ -49,7 +50,6 @@ WRAPPER_KEY = "uniid"
 CALL_KEY = "uniid"
 TOKENS_IDENTITY, TOKENS_NEGATIVE = 0, 1  # row kinds: this Apply's identity, or the negative set
 ROLE_TOKENS = {POSITIVE: TOKENS_IDENTITY}
-SEGMENT_MEMORY = 16
 UNLIMITED_SIGMA = 1e8  # ComfyUI's percent_to_sigma(0) is 999999999.9: no upper limit
 
 
@@ -76,26 +76,6 @@ class StepChoice:
 
     before: bool
     text_scale: float
-
-
-class SegmentLog:
-    """Where earlier runs of this identity stopped short of sigma 0: end sigma -> steps done so far."""
-
-    def __init__(self) -> None:
-        self._ends: list[tuple[float, int]] = []
-
-    def steps_before(self, start_sigma: float) -> int:
-        """Steps already run when a run starts at ``start_sigma`` (0 unless it continues a recorded one)."""
-        for end, steps in reversed(self._ends):
-            if math.isclose(end, start_sigma, rel_tol=1e-5):
-                return steps
-        return 0
-
-    def record(self, end_sigma: float, steps: int) -> None:
-        """Remember a run that ended at ``end_sigma`` > 0 after ``steps`` steps of its schedule."""
-        if end_sigma > 0:
-            kept = [(e, s) for e, s in self._ends if not math.isclose(e, end_sigma, rel_tol=1e-5)]
-            self._ends = (kept + [(end_sigma, steps)])[-SEGMENT_MEMORY:]
 
 
 def compute_dtype(base_model: object) -> torch.dtype:
@@ -334,14 +314,16 @@ class _Wrapper:
 
 
 class SamplerRunWrapper(_Wrapper):
-    """SAMPLER_SAMPLE: set up the run, drive the step clock from the step callback, record where it ended."""
+    """SAMPLER_SAMPLE: set up the run, drive the step clock from the step callback, record where it ended
+    (a run that stops short of sigma 0 can be continued by one that adds no noise to what it returned)."""
 
     def __call__(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
         state = self.state
         state.check_batch(int(noise.shape[0]))
         sampler = executor.class_obj
         host = [float(s) for s in sigmas.tolist()]
-        offset = state.segments.steps_before(host[0]) if host else 0
+        latent = args[0] if args else kwargs.get("latent_image")
+        offset = state.segments.steps_before(host[0], noise, latent) if host else 0
         run = UniIDRun(state, noise.device, compute_dtype(guider.inner_model), host, offset, sampler)
         if not is_known(sampler):
             LOG.info(
@@ -359,7 +341,7 @@ class SamplerRunWrapper(_Wrapper):
 
         samples = executor(guider, sigmas, extra_args, on_step, noise, *args, **kwargs)
         if host:
-            state.segments.record(host[-1], offset + len(host) - 1)
+            state.segments.record(host[-1], offset + len(host) - 1, samples)
         return samples
 
 
