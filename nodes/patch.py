@@ -5,8 +5,8 @@ cross-attention layer (all under the wrapper key "uniid"):
 
 - SAMPLER_SAMPLE, once per sampler run: copies the run's sigmas to the host, continues the step count
   of a run this one continues (split sampling, see segments.py), projects the identity's token sets
-  through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's marker, and
-  wraps the step callback that drives the host-side ``StepClock``.
+  through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's identity (by the
+  conditioning they actually run), and wraps the step callback that drives the host-side ``StepClock``.
 - PREDICT_NOISE, once per model evaluation: picks the evaluation's step and its scales.
 - CALC_COND_BATCH: multiplies this Apply's marked text rows by the step's text scale in the cond entries
   themselves, so the UNet and everything that reads the conditioning (ControlNet) see the same tokens,
@@ -27,6 +27,7 @@ import copy
 import logging
 import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -41,7 +42,7 @@ from uniid_core.errors import UniIDError
 from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
-from .conditioning import POSITIVE, mark_for, scale_rows
+from .conditioning import POSITIVE, UniIDMark, mark_for, scale_rows
 from .segments import SegmentLog
 from .steps import BY_SIGMA, StepClock, is_known, step_rule
 
@@ -68,6 +69,14 @@ class UniIDCall(NamedTuple):
     scale: torch.Tensor
     regions: tuple[torch.Tensor, ...] | None
     params: dict[str, torch.Tensor]
+
+
+class Claim(NamedTuple):
+    """How one sampler cond entry runs with an Apply: its rows' token set, and the mark of the text rows
+    to scale (only on entries that run the Apply's positive)."""
+
+    tokens: int
+    mark: UniIDMark | None
 
 
 @dataclass(frozen=True)
@@ -177,44 +186,68 @@ class UniIDState:
             self._kv[key] = cached
         return cached
 
-    def token_set(self, cond: dict) -> int:
-        """Row kind of a sampler cond entry: the identity for this Apply's genuine positive entries.
+    @property
+    def claim_key(self) -> str:
+        """Where a sampler cond entry keeps its claim for this Apply (set once per run by ``resolve``)."""
+        return f"uniid_claim_{self.tag}"
 
-        An entry counts when it carries this Apply's positive mark, its conditioning is the one the mark
-        was made for (ComfyUI's area fill-ins copy another entry's options with other conditioning)
-        and it is not all zeros (ConditioningZeroOut of the positive). Everything else gets the
-        negative set: the zero-face tokens (the official negative) or the negative identity.
+    def claims(self, entries: list[dict]) -> list[Claim]:
+        """Each entry's claim, judged by the conditioning it actually runs (its model_conds' c_crossattn).
+
+        An entry that carries this Apply's mark and runs the conditioning the mark was made for owns that
+        tensor; every entry that runs an owned tensor gets the owner's mark. So ComfyUI's area fill-ins
+        are treated by what they carry: the positive-list copy of a negative with an area runs the
+        spliced positive (identity, scaled text), the negative-list copy of a positive with an area
+        keeps the positive's options but runs the negative (negative set). An all-zero tensor
+        (ConditioningZeroOut of the positive) and everything else get the negative set: the zero-face
+        tokens (the official negative) or the negative identity.
         """
-        mark = mark_for(cond, self.tag)
-        crossattn = cond.get("model_conds", {}).get("c_crossattn")
-        if mark is None or crossattn is None or crossattn.cond is not cond.get("cross_attn"):
-            return TOKENS_NEGATIVE
-        if not bool(torch.count_nonzero(crossattn.cond)):
-            return TOKENS_NEGATIVE
-        return ROLE_TOKENS.get(mark.role, TOKENS_NEGATIVE)
+        owners: dict[int, tuple[torch.Tensor, UniIDMark]] = {}
+        for cond in entries:
+            mark, tensor = mark_for(cond, self.tag), _cross_attn(cond)
+            if mark is not None and tensor is not None and tensor is cond.get("cross_attn"):
+                owners[id(tensor)] = (tensor, mark)
+        nonzero: dict[int, bool] = {}
+        out = []
+        for cond in entries:
+            tensor = _cross_attn(cond)
+            owner = None if tensor is None else owners.get(id(tensor))
+            if owner is not None and id(tensor) not in nonzero:
+                nonzero[id(tensor)] = bool(torch.count_nonzero(tensor))
+            if owner is None or not nonzero[id(tensor)]:
+                out.append(Claim(TOKENS_NEGATIVE, None))
+                continue
+            tokens = ROLE_TOKENS.get(owner[1].role, TOKENS_NEGATIVE)
+            out.append(Claim(tokens, owner[1] if tokens == TOKENS_IDENTITY else None))
+        return out
 
-    def resolve(self, conds: dict) -> None:
-        """Decide each entry's token set once per run, before any wrapper copies the entries."""
-        for entries in conds.values():
-            for cond in entries or ():
-                cond[f"uniid_tokens_{self.tag}"] = self.token_set(cond)
+    def resolve(self, entry_lists: Iterable[list | None]) -> None:
+        """Decide every entry's claim once per run, before any wrapper copies the entries."""
+        entries = [cond for entries in entry_lists for cond in entries or ()]
+        for cond, claim in zip(entries, self.claims(entries), strict=True):
+            cond[self.claim_key] = claim
 
     def prepare(self, cond: dict, text_scale: float) -> dict:
-        """A copy of a cond entry with the row tags (the token set of each latent's row: ComfyUI repeats a
-        single set to the batch) and, on marked entries, the scaled text rows."""
-        tokens = cond.get(f"uniid_tokens_{self.tag}")
-        if tokens is None:
-            tokens = self.token_set(cond)
+        """A copy of a resolved cond entry with the row tags (the token set of each latent's row: ComfyUI
+        repeats a single set to the batch) and, on entries that run this Apply's positive, the scaled
+        text rows."""
+        claim = cond[self.claim_key]
         out = dict(cond)
         model_conds = dict(cond["model_conds"])
-        model_conds[self.key("rows")] = comfy.conds.CONDRegular(self._index[tokens])
-        mark = mark_for(cond, self.tag) if tokens == TOKENS_IDENTITY else None
+        model_conds[self.key("rows")] = comfy.conds.CONDRegular(self._index[claim.tokens])
+        mark = claim.mark
         if mark is not None and mark.count and text_scale != 1.0:
             scaled = scale_rows(model_conds["c_crossattn"].cond, mark, text_scale)
             model_conds["c_crossattn"] = model_conds["c_crossattn"]._copy_with(scaled)
             out["cross_attn"] = scaled
         out["model_conds"] = model_conds
         return out
+
+
+def _cross_attn(cond: dict) -> torch.Tensor | None:
+    """The text conditioning a sampler cond entry runs the UNet with."""
+    crossattn = cond.get("model_conds", {}).get("c_crossattn")
+    return None if crossattn is None else crossattn.cond
 
 
 class UniIDRun:
@@ -331,7 +364,7 @@ class SamplerRunWrapper(_Wrapper):
                 "counts toward the next step",
                 type(sampler).__name__,
             )
-        state.resolve(getattr(guider, "conds", {}) or {})
+        state.resolve((getattr(guider, "conds", None) or {}).values())
         extra_args = {**extra_args, "model_options": {**extra_args["model_options"], state.key("run"): run}}
 
         def on_step(step, denoised, x, total_steps):
@@ -363,6 +396,8 @@ class CondBatchWrapper(_Wrapper):
         run = model_options.get(state.key("run"))
         if run is None:
             run = UniIDRun(state, x_in.device, compute_dtype(model))
+        if any(state.claim_key not in c for entries in conds if entries is not None for c in entries):
+            state.resolve(conds)
         text_scale = run.choice.text_scale
         prepared = [
             None if entries is None else [state.prepare(c, text_scale) for c in entries] for entries in conds
