@@ -13,7 +13,10 @@ cross-attention layer (all under the wrapper key "uniid"):
   and tags every row with the token set it uses, as a model cond that ComfyUI batches along with the
   rows: a marked row gets the identity (identity i for latent i with an identity batch), every other
   row the negative set (zero-face features, the official negative, or UniID Apply's negative identity).
-- APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot].
+  With a mask, each row is also tagged with where its UNet input lies in the whole latent (ComfyUI
+  crops the latent to an entry's area).
+- APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot],
+  the mask as the window of each row's area at every level.
 
 The attn2 patch only reads those tensors: no lock, cache or branch on values in the per-layer path, so
 torch.compile traces it once, and another identity, other scales or other per-layer weights of the
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,10 +37,10 @@ import comfy.conds
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension as ext
 import torch
-import torch.nn.functional as F
 
 from uniid_core.attention import combine_identity, project_ip
 from uniid_core.errors import UniIDError
+from uniid_core.regions import Window, window_masks
 from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
@@ -227,14 +229,16 @@ class UniIDState:
         for cond, claim in zip(entries, self.claims(entries), strict=True):
             cond[self.claim_key] = claim
 
-    def prepare(self, cond: dict, text_scale: float) -> dict:
+    def prepare(self, cond: dict, text_scale: float, window: comfy.conds.CONDRegular | None = None) -> dict:
         """A copy of a resolved cond entry with the row tags (the token set of each latent's row: ComfyUI
-        repeats a single set to the batch) and, on entries that run this Apply's positive, the scaled
-        text rows."""
+        repeats a single set to the batch; with a mask, where each row's UNet input lies) and, on
+        entries that run this Apply's positive, the scaled text rows."""
         claim = cond[self.claim_key]
         out = dict(cond)
         model_conds = dict(cond["model_conds"])
         model_conds[self.key("rows")] = comfy.conds.CONDRegular(self._index[claim.tokens])
+        if window is not None:
+            model_conds[self.key("window")] = window
         mark = claim.mark
         if mark is not None and mark.count and text_scale != 1.0:
             scaled = scale_rows(model_conds["c_crossattn"].cond, mark, text_scale)
@@ -248,6 +252,19 @@ def _cross_attn(cond: dict) -> torch.Tensor | None:
     """The text conditioning a sampler cond entry runs the UNet with."""
     crossattn = cond.get("model_conds", {}).get("c_crossattn")
     return None if crossattn is None else crossattn.cond
+
+
+def _area_corner(area: tuple | None) -> tuple[int, int]:
+    """Top-left corner (latent pixels) of the window ComfyUI runs an entry with ``area`` on.
+
+    As comfy.samplers.get_area_and_mult: an area is (sizes..., offsets...), missing leading dimensions
+    count as offset 0, extra ones beyond the latent's two are ignored.
+    """
+    if area is None:
+        return 0, 0
+    offsets = [int(v) for v in area[len(area) // 2 :]]
+    offsets = ([0, 0] + offsets)[-2:] if len(offsets) < 2 else offsets[:2]
+    return offsets[0], offsets[1]
 
 
 class UniIDRun:
@@ -279,6 +296,7 @@ class UniIDRun:
         self.params = state.rescaler.param_tensors(device)
         self._gathered: dict[tuple, tuple] = {}
         self._regions: dict[tuple, tuple] = {}
+        self._window_tags: dict[tuple, comfy.conds.CONDRegular] = {}
 
     def on_step(self, step: int) -> None:
         """The sampler's step callback."""
@@ -298,8 +316,10 @@ class UniIDRun:
         self.choice = StepChoice(before, schedule.text_scale(before))
         return self.choice
 
-    def call(self, rows: torch.Tensor, sigma: torch.Tensor, shape: torch.Size) -> UniIDCall:
-        """The tensors for one model call with these row tags (rows arrive on the CPU: no device read)."""
+    def call(
+        self, rows: torch.Tensor, sigma: torch.Tensor, shape: torch.Size, windows: torch.Tensor | None = None
+    ) -> UniIDCall:
+        """The tensors for one model call with these row tags (the tags arrive on the CPU: no device read)."""
         layout = tuple(rows.tolist())
         gathered = self._gathered.get(layout)
         if gathered is None:
@@ -310,25 +330,40 @@ class UniIDRun:
         if self.state.limited:
             sigma = sigma.reshape(1, -1, 1, 1).to(self.device, torch.float32)
             scale = scale * ((sigma <= self.state.sigma_start) & (sigma >= self.state.sigma_end))
-        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape), self.params)
+        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape, windows), self.params)
 
-    def _regions_for(self, shape: torch.Size) -> tuple[torch.Tensor, ...] | None:
-        """The mask resized to every level's token grid, (b, Lq, 1) float32 on the device, per latent size."""
+    def window_tag(self, cond: dict, x_in: torch.Tensor) -> comfy.conds.CONDRegular:
+        """Row tags of one cond entry for a calc_cond_batch call: (latent index, top, left, latent height,
+        latent width) per row, where ComfyUI puts the entry's UNet input (its area's window)."""
+        batch, height, width = int(x_in.shape[0]), int(x_in.shape[-2]), int(x_in.shape[-1])
+        top, left = _area_corner(cond.get("area"))
+        key = (batch, top, left, height, width)
+        tag = self._window_tags.get(key)
+        if tag is None:
+            rows = [[latent, top, left, height, width] for latent in range(batch)]
+            tag = comfy.conds.CONDRegular(torch.tensor(rows, dtype=torch.int64))
+            self._window_tags[key] = tag
+        return tag
+
+    def _regions_for(
+        self, shape: torch.Size, windows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...] | None:
+        """The mask over each row's window at every level's token grid, (b, Lq, 1) float32 on the device,
+        cached by the rows' windows and the call's latent size (a row without a tag covers the latent)."""
         mask = self.state.mask
         if mask is None:
             return None
         batch, height, width = int(shape[0]), int(shape[-2]), int(shape[-1])
-        cached = self._regions.get((batch, height, width))
+        if windows is None:
+            layout = tuple(Window(row, 0, 0, height, width) for row in range(batch))
+        else:
+            layout = tuple(Window(*row) for row in windows.tolist())
+        key = (layout, height, width)
+        cached = self._regions.get(key)
         if cached is None:
-            if mask.shape[0] not in (1, batch):
-                mask = mask.repeat(math.ceil(batch / mask.shape[0]), 1, 1)[:batch]
-            grids = []
-            for level in range(self.state.levels):
-                size = (math.ceil(height / 2**level), math.ceil(width / 2**level))
-                grid = F.interpolate(mask.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-                grids.append(grid.reshape(grid.shape[0], -1, 1).to(self.device))
-            cached = tuple(grids)
-            self._regions[(batch, height, width)] = cached
+            grids = window_masks(mask, layout, height, width, self.state.levels)
+            cached = tuple(grid.to(self.device) for grid in grids)
+            self._regions[key] = cached
         return cached
 
 
@@ -389,7 +424,7 @@ class PredictNoiseWrapper(_Wrapper):
 
 
 class CondBatchWrapper(_Wrapper):
-    """CALC_COND_BATCH: scale this Apply's marked text rows and tag every entry with its token set."""
+    """CALC_COND_BATCH: scale this Apply's text rows and tag every entry with its token set (and window)."""
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options):
         state = self.state
@@ -399,8 +434,12 @@ class CondBatchWrapper(_Wrapper):
         if any(state.claim_key not in c for entries in conds if entries is not None for c in entries):
             state.resolve(conds)
         text_scale = run.choice.text_scale
+        masked = state.mask is not None and state.has_adapter
         prepared = [
-            None if entries is None else [state.prepare(c, text_scale) for c in entries] for entries in conds
+            None
+            if entries is None
+            else [state.prepare(c, text_scale, run.window_tag(c, x_in) if masked else None) for c in entries]
+            for entries in conds
         ]
         options = {**model_options.get("transformer_options", {}), state.key("plan"): run}
         return executor(model, prepared, x_in, timestep, {**model_options, "transformer_options": options})
@@ -422,12 +461,13 @@ class ApplyModelWrapper(_Wrapper):
     ):
         state = self.state
         rows = kwargs.pop(state.key("rows"), None)
+        windows = kwargs.pop(state.key("window"), None)
         options = dict(transformer_options or {})
         run = options.pop(state.key("plan"), None)
         if rows is not None and run is not None and state.has_adapter:
             calls = list(options.get(CALL_KEY, ()))
             calls += [None] * (state.slot + 1 - len(calls))
-            calls[state.slot] = run.call(rows, t, x.shape)
+            calls[state.slot] = run.call(rows, t, x.shape, windows)
             options[CALL_KEY] = tuple(calls)
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 

@@ -1,4 +1,4 @@
-"""UniID with conditioning areas: area fill-ins are treated by the conditioning they run.
+"""UniID with conditioning areas: the mask follows the window ComfyUI crops, area fill-ins keep their rows.
 
 ComfyUI runs an entry with an area (ConditioningSetArea, ConditioningSetMask with "mask bounds") on that
 window of the latent, and adds a copy with the same area to the other cond list when that list has none
@@ -32,6 +32,13 @@ def _sample(cn, model, positive, negative, steps: int = 3) -> torch.Tensor:
     return out[0]["samples"]
 
 
+def _half(left: bool) -> torch.Tensor:
+    """An image-size mask that is 1 on the left (or right) half."""
+    mask = torch.zeros(1, SIZE * 8, SIZE * 8)
+    mask[:, :, : SIZE * 4] = 1.0
+    return mask if left else 1.0 - mask
+
+
 def _area(cn, cond: list, left: bool) -> list:
     """ConditioningSetArea on the left or right half of the image."""
     return cn.nodes.ConditioningSetArea().append(cond, SIZE * 4, SIZE * 8, 0 if left else SIZE * 4, 0, 1.0)[0]
@@ -51,6 +58,72 @@ class RegionRecorder(Recorder):
         self.calls[-1].x = x.detach().clone()
         self.calls[-1].regions = None if regions is None else [grid.detach().clone() for grid in regions]
         return out
+
+
+def test_mask_is_each_rows_area_window(cn, pack, mini_sdxl, mini_uniid, conds, identity):
+    """Left-half UniID mask; the positive is a left-area and a right-area entry (ConditioningCombine), so
+    ComfyUI batches rows of both windows (and the negative's fill-ins) in one call: a row on the left
+    window gets an all-one mask at every level, a row on the right window an all-zero one."""
+    model, positive, state = _apply(pack, mini_sdxl, conds[0], mini_uniid, identity, mask=_half(True))
+    halves = cn.nodes.ConditioningCombine().combine(_area(cn, positive, True), _area(cn, positive, False))[0]
+    recorder = RegionRecorder(model, [state])
+    _sample(cn, recorder.model, halves, conds[1], steps=2)
+    whole = {c.sigma: c.x for c in recorder.calls if c.x.shape[-1] == SIZE}
+    windows = [c for c in recorder.calls if c.x.shape[-1] == SIZE // 2]
+    assert whole and windows
+    mixed = 0
+    for call in windows:
+        full = whole[call.sigma]
+        sides = []
+        for row in range(call.x.shape[0]):
+            left = torch.equal(call.x[row], full[0, :, :, : SIZE // 2])
+            assert left or torch.equal(call.x[row], full[0, :, :, SIZE // 2 :])
+            sides.append(left)
+            for level, grid in enumerate(call.regions):
+                assert grid.shape[1] == -(-SIZE // 2**level) * -(-SIZE // 2 // 2**level)
+                assert torch.equal(grid[row], torch.full_like(grid[row], float(left))), (row, level)
+        mixed += len(set(sides)) == 2
+    assert mixed, "no call batched rows of both windows"
+    for call in recorder.calls:
+        if call.x.shape[-1] == SIZE:
+            for level, grid in enumerate(call.regions):
+                side = SIZE // 2**level
+                want = torch.zeros(grid.shape[0], side, side, 1)
+                want[:, :, : side // 2] = 1.0
+                assert torch.equal(grid, want.reshape(grid.shape)), level
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_area_run_sees_the_mask_inside_its_area(cn, pack, mini_sdxl, mini_uniid, conds, identity, left):
+    """Both prompts on one half (ConditioningSetArea) and a left-half UniID mask: every UNet call is that
+    half, so the image equals the run without a mask on the left half and the run with an all-zero
+    mask (no adapter) on the right half."""
+
+    def run(**kw):
+        model, positive, _ = _apply(pack, mini_sdxl, conds[0], mini_uniid, identity, **kw)
+        return _sample(cn, model, _area(cn, positive, left), _area(cn, conds[1], left))
+
+    masked = run(mask=_half(True))
+    same = run() if left else run(mask=torch.zeros(1, SIZE * 8, SIZE * 8))
+    other = run(mask=torch.zeros(1, SIZE * 8, SIZE * 8)) if left else run()
+    torch.testing.assert_close(masked, same, **CLOSE)
+    assert (masked - other).abs().max() > 1e-2
+
+
+def test_mask_bounds_with_the_same_mask(cn, pack, mini_sdxl, mini_uniid, conds, identity):
+    """README's two-people setup: ConditioningSetMask (mask bounds) with a left-half mask on both prompts
+    and the same mask on UniID Apply: inside the bounds the mask is all one, so the image equals the one
+    without UniID's mask, and differs from an all-zero mask."""
+    set_mask = cn.nodes.ConditioningSetMask().append
+
+    def run(**kw):
+        model, positive, _ = _apply(pack, mini_sdxl, conds[0], mini_uniid, identity, **kw)
+        bounded = set_mask(positive, _half(True), "mask bounds", 1.0)[0]
+        return _sample(cn, model, bounded, set_mask(conds[1], _half(True), "mask bounds", 1.0)[0])
+
+    masked = run(mask=_half(True))
+    torch.testing.assert_close(masked, run(), **CLOSE)
+    assert (masked - run(mask=torch.zeros(1, SIZE * 8, SIZE * 8))).abs().max() > 1e-2
 
 
 def test_area_fill_ins_run_what_they_carry(cn, pack, mini_sdxl, mini_uniid, conds, identity):
