@@ -54,6 +54,7 @@ CALL_KEY = "uniid"
 TOKENS_IDENTITY, TOKENS_NEGATIVE = 0, 1  # row kinds: this Apply's identity, or the negative set
 ROLE_TOKENS = {POSITIVE: TOKENS_IDENTITY}
 UNLIMITED_SIGMA = 1e8  # ComfyUI's percent_to_sigma(0) is 999999999.9: no upper limit
+NO_SIGMA = 999999999.9  # the sigma attn2 patches of other packs assume when a call has none
 
 
 class UniIDCall(NamedTuple):
@@ -172,7 +173,7 @@ class UniIDState:
         The projection runs where ComfyUI put the ip weights (also under --lowvram); only the small
         K/V are kept, so the weights themselves stay under ComfyUI's memory management.
         """
-        key = (str(device), dtype)
+        key = (_device_key(device), dtype)
         cached = self._kv.get(key)
         if cached is None:
             module = self.ip_patcher.model
@@ -246,6 +247,14 @@ class UniIDState:
             out["cross_attn"] = scaled
         out["model_conds"] = model_conds
         return out
+
+
+def _device_key(device: torch.device | str) -> torch.device:
+    """A device with its index ("cuda" is the current CUDA device, so "cuda" and "cuda:0" are one key)."""
+    device = torch.device(device)
+    if device.index is None and device.type != "cpu":
+        device = torch.empty(0, device=device).device
+    return device
 
 
 def _cross_attn(cond: dict) -> torch.Tensor | None:
@@ -485,7 +494,8 @@ def _attention(q, k, v, extra_options: dict) -> torch.Tensor:
 
 
 class UniIDAttn2Replace:
-    """attn2 replacement for one layer: text attention (or a previous patch) plus the rescaled UniID term."""
+    """attn2 replacement for one layer: text attention (or a previous patch) plus the rescaled UniID term,
+    plus the terms of packs applied after UniID that extend this patch (``add``)."""
 
     def __init__(
         self, state: UniIDState, layer: int, span: tuple[int, int], level: int, previous=None
@@ -497,12 +507,17 @@ class UniIDAttn2Replace:
         self.level = level
         self.rescaler = state.rescaler
         self.previous = previous
+        self.added: tuple[tuple, ...] = ()
 
     def __call__(self, q, k, v, extra_options: dict) -> torch.Tensor:
         if self.previous is not None:
             text_out = self.previous(q, k, v, extra_options)
         else:
             text_out = _attention(q, k, v, extra_options)
+        out = self._with_identity(text_out, q, extra_options)
+        return self._with_added(out, q, k, v, extra_options) if self.added else out
+
+    def _with_identity(self, text_out, q, extra_options: dict) -> torch.Tensor:
         calls = extra_options.get(CALL_KEY)
         if calls is None or len(calls) <= self.slot or calls[self.slot] is None:
             return text_out
@@ -513,6 +528,36 @@ class UniIDAttn2Replace:
         region = None if call.regions is None else call.regions[self.level]
         return combine_identity(
             text_out, ip_out, call.scale[self.layer], self.rescaler, self.layer, region, params=call.params
+        )
+
+    def _with_added(self, out, q, k, v, extra_options: dict) -> torch.Tensor:
+        """The added packs' terms, each inside its sigma range, as their own attn2 patches add them (they
+        read the call's sigma on the host; only models with such a pack applied pay for that)."""
+        sigmas = extra_options.get("sigmas")
+        sigma = NO_SIGMA if sigmas is None else float(sigmas.reshape(-1)[0])
+        for callback, kwargs in self.added:
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", NO_SIGMA):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out.to(q.dtype)
+
+    def add(self, callback, **kwargs) -> None:
+        """Extend this layer with another pack's term (the protocol of ComfyUI_IPAdapter_plus and PuLID
+        applied after UniID: ``out + callback(out, q, k, v, extra_options, **kwargs)`` while the call's
+        sigma is in [sigma_end, sigma_start]).
+
+        Those packs call it on the patch in their own clone of the model: ComfyUI's clone deep-copies
+        model_options, which gives every clone its own twin of this patch, and ``added`` is rebound,
+        never changed in place, so the model UniID Apply returned keeps its patches as they were.
+        """
+        self.added = (*self.added, (callback, dict(kwargs)))
+
+    def set_new_condition(self, *args, **kwargs) -> None:
+        """The older protocol (ComfyUI_InstantID, early IPAdapter plus): their own patch class with their
+        own arguments, which this patch cannot take over."""
+        raise UniIDError(
+            "a node applied after UniID Apply (ComfyUI_InstantID or an older IPAdapter plus) tried to extend "
+            "UniID's cross-attention patch, which it cannot do; apply it before UniID Apply (model -> "
+            "InstantID/IPAdapter -> UniID Apply -> sampler)"
         )
 
     def __deepcopy__(self, memo: dict) -> UniIDAttn2Replace:
