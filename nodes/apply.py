@@ -75,7 +75,8 @@ class UniIDApply(UniIDNode):
                     tooltip="Sampling step from which the 'after' scales apply (0 = from the start). Every "
                     "model call of a step uses that step's scales; a run that continues an earlier one "
                     "(KSamplerAdvanced start_at_step, SplitSigmas) continues its count. img2img "
-                    "(denoise < 1) counts the steps it runs",
+                    "(denoise < 1) counts the steps it runs. A run continues another only when it adds no "
+                    "noise (add_noise disable, DisableNoise) and starts from the latent that run returned",
                 ),
                 io.Float.Input(
                     "text_scale_before",

@@ -3,17 +3,20 @@
 One ``UniIDState`` per UniID Apply; on the MODEL it installs four wrappers and one attn2 replace per
 cross-attention layer (all under the wrapper key "uniid"):
 
-- SAMPLER_SAMPLE, once per sampler run: copies the run's sigmas to the host (the only device read),
-  continues the step count of a run this one continues (split sampling), projects the identity's token
-  sets through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's marker, and
-  wraps the step callback that drives the host-side ``StepClock``.
+- SAMPLER_SAMPLE, once per sampler run: copies the run's sigmas to the host, continues the step count
+  of a run this one continues (split sampling, see segments.py), projects the identity's token sets
+  through every layer's to_k_ip/to_v_ip, decides which cond entries carry this Apply's identity (by the
+  conditioning they actually run), and wraps the step callback that drives the host-side ``StepClock``.
 - PREDICT_NOISE, once per model evaluation: picks the evaluation's step and its scales.
 - CALC_COND_BATCH: multiplies this Apply's marked text rows by the step's text scale in the cond entries
   themselves, so the UNet and everything that reads the conditioning (ControlNet) see the same tokens,
   and tags every row with the token set it uses, as a model cond that ComfyUI batches along with the
   rows: a marked row gets the identity (identity i for latent i with an identity batch), every other
   row the negative set (zero-face features, the official negative, or UniID Apply's negative identity).
-- APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot].
+  With a mask, each row is also tagged with where its UNet input lies in the whole latent (ComfyUI
+  crops the latent to an entry's area).
+- APPLY_MODEL: turns the batched row tags into per-call tensors at transformer_options["uniid"][slot],
+  the mask as the window of each row's area at every level.
 
 The attn2 patch only reads those tensors: no lock, cache or branch on values in the per-layer path, so
 torch.compile traces it once, and another identity, other scales or other per-layer weights of the
@@ -25,8 +28,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -34,14 +37,15 @@ import comfy.conds
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension as ext
 import torch
-import torch.nn.functional as F
 
 from uniid_core.attention import combine_identity, project_ip
 from uniid_core.errors import UniIDError
+from uniid_core.regions import Window, window_masks
 from uniid_core.rescaler import Rescaler, as_rescaler
 from uniid_core.schedule import MergeSchedule
 
-from .conditioning import POSITIVE, mark_for, scale_rows
+from .conditioning import POSITIVE, UniIDMark, mark_for, scale_rows
+from .segments import SegmentLog
 from .steps import BY_SIGMA, StepClock, is_known, step_rule
 
 LOG = logging.getLogger("UniID")
@@ -49,8 +53,8 @@ WRAPPER_KEY = "uniid"
 CALL_KEY = "uniid"
 TOKENS_IDENTITY, TOKENS_NEGATIVE = 0, 1  # row kinds: this Apply's identity, or the negative set
 ROLE_TOKENS = {POSITIVE: TOKENS_IDENTITY}
-SEGMENT_MEMORY = 16
 UNLIMITED_SIGMA = 1e8  # ComfyUI's percent_to_sigma(0) is 999999999.9: no upper limit
+NO_SIGMA = 999999999.9  # the sigma attn2 patches of other packs assume when a call has none
 
 
 class UniIDCall(NamedTuple):
@@ -70,32 +74,20 @@ class UniIDCall(NamedTuple):
     params: dict[str, torch.Tensor]
 
 
+class Claim(NamedTuple):
+    """How one sampler cond entry runs with an Apply: its rows' token set, and the mark of the text rows
+    to scale (only on entries that run the Apply's positive)."""
+
+    tokens: int
+    mark: UniIDMark | None
+
+
 @dataclass(frozen=True)
 class StepChoice:
     """The scales of one model evaluation (decided on the host, once per evaluation)."""
 
     before: bool
     text_scale: float
-
-
-class SegmentLog:
-    """Where earlier runs of this identity stopped short of sigma 0: end sigma -> steps done so far."""
-
-    def __init__(self) -> None:
-        self._ends: list[tuple[float, int]] = []
-
-    def steps_before(self, start_sigma: float) -> int:
-        """Steps already run when a run starts at ``start_sigma`` (0 unless it continues a recorded one)."""
-        for end, steps in reversed(self._ends):
-            if math.isclose(end, start_sigma, rel_tol=1e-5):
-                return steps
-        return 0
-
-    def record(self, end_sigma: float, steps: int) -> None:
-        """Remember a run that ended at ``end_sigma`` > 0 after ``steps`` steps of its schedule."""
-        if end_sigma > 0:
-            kept = [(e, s) for e, s in self._ends if not math.isclose(e, end_sigma, rel_tol=1e-5)]
-            self._ends = (kept + [(end_sigma, steps)])[-SEGMENT_MEMORY:]
 
 
 def compute_dtype(base_model: object) -> torch.dtype:
@@ -181,7 +173,7 @@ class UniIDState:
         The projection runs where ComfyUI put the ip weights (also under --lowvram); only the small
         K/V are kept, so the weights themselves stay under ComfyUI's memory management.
         """
-        key = (str(device), dtype)
+        key = (_device_key(device), dtype)
         cached = self._kv.get(key)
         if cached is None:
             module = self.ip_patcher.model
@@ -197,44 +189,91 @@ class UniIDState:
             self._kv[key] = cached
         return cached
 
-    def token_set(self, cond: dict) -> int:
-        """Row kind of a sampler cond entry: the identity for this Apply's genuine positive entries.
+    @property
+    def claim_key(self) -> str:
+        """Where a sampler cond entry keeps its claim for this Apply (set once per run by ``resolve``)."""
+        return f"uniid_claim_{self.tag}"
 
-        An entry counts when it carries this Apply's positive mark, its conditioning is the one the mark
-        was made for (ComfyUI's area fill-ins copy another entry's options with other conditioning)
-        and it is not all zeros (ConditioningZeroOut of the positive). Everything else gets the
-        negative set: the zero-face tokens (the official negative) or the negative identity.
+    def claims(self, entries: list[dict]) -> list[Claim]:
+        """Each entry's claim, judged by the conditioning it actually runs (its model_conds' c_crossattn).
+
+        An entry that carries this Apply's mark and runs the conditioning the mark was made for owns that
+        tensor; every entry that runs an owned tensor gets the owner's mark. So ComfyUI's area fill-ins
+        are treated by what they carry: the positive-list copy of a negative with an area runs the
+        spliced positive (identity, scaled text), the negative-list copy of a positive with an area
+        keeps the positive's options but runs the negative (negative set). An all-zero tensor
+        (ConditioningZeroOut of the positive) and everything else get the negative set: the zero-face
+        tokens (the official negative) or the negative identity.
         """
-        mark = mark_for(cond, self.tag)
-        crossattn = cond.get("model_conds", {}).get("c_crossattn")
-        if mark is None or crossattn is None or crossattn.cond is not cond.get("cross_attn"):
-            return TOKENS_NEGATIVE
-        if not bool(torch.count_nonzero(crossattn.cond)):
-            return TOKENS_NEGATIVE
-        return ROLE_TOKENS.get(mark.role, TOKENS_NEGATIVE)
+        owners: dict[int, tuple[torch.Tensor, UniIDMark]] = {}
+        for cond in entries:
+            mark, tensor = mark_for(cond, self.tag), _cross_attn(cond)
+            if mark is not None and tensor is not None and tensor is cond.get("cross_attn"):
+                owners[id(tensor)] = (tensor, mark)
+        nonzero: dict[int, bool] = {}
+        out = []
+        for cond in entries:
+            tensor = _cross_attn(cond)
+            owner = None if tensor is None else owners.get(id(tensor))
+            if owner is not None and id(tensor) not in nonzero:
+                nonzero[id(tensor)] = bool(torch.count_nonzero(tensor))
+            if owner is None or not nonzero[id(tensor)]:
+                out.append(Claim(TOKENS_NEGATIVE, None))
+                continue
+            tokens = ROLE_TOKENS.get(owner[1].role, TOKENS_NEGATIVE)
+            out.append(Claim(tokens, owner[1] if tokens == TOKENS_IDENTITY else None))
+        return out
 
-    def resolve(self, conds: dict) -> None:
-        """Decide each entry's token set once per run, before any wrapper copies the entries."""
-        for entries in conds.values():
-            for cond in entries or ():
-                cond[f"uniid_tokens_{self.tag}"] = self.token_set(cond)
+    def resolve(self, entry_lists: Iterable[list | None]) -> None:
+        """Decide every entry's claim once per run, before any wrapper copies the entries."""
+        entries = [cond for entries in entry_lists for cond in entries or ()]
+        for cond, claim in zip(entries, self.claims(entries), strict=True):
+            cond[self.claim_key] = claim
 
-    def prepare(self, cond: dict, text_scale: float) -> dict:
-        """A copy of a cond entry with the row tags (the token set of each latent's row: ComfyUI repeats a
-        single set to the batch) and, on marked entries, the scaled text rows."""
-        tokens = cond.get(f"uniid_tokens_{self.tag}")
-        if tokens is None:
-            tokens = self.token_set(cond)
+    def prepare(self, cond: dict, text_scale: float, window: comfy.conds.CONDRegular | None = None) -> dict:
+        """A copy of a resolved cond entry with the row tags (the token set of each latent's row: ComfyUI
+        repeats a single set to the batch; with a mask, where each row's UNet input lies) and, on
+        entries that run this Apply's positive, the scaled text rows."""
+        claim = cond[self.claim_key]
         out = dict(cond)
         model_conds = dict(cond["model_conds"])
-        model_conds[self.key("rows")] = comfy.conds.CONDRegular(self._index[tokens])
-        mark = mark_for(cond, self.tag) if tokens == TOKENS_IDENTITY else None
+        model_conds[self.key("rows")] = comfy.conds.CONDRegular(self._index[claim.tokens])
+        if window is not None:
+            model_conds[self.key("window")] = window
+        mark = claim.mark
         if mark is not None and mark.count and text_scale != 1.0:
             scaled = scale_rows(model_conds["c_crossattn"].cond, mark, text_scale)
             model_conds["c_crossattn"] = model_conds["c_crossattn"]._copy_with(scaled)
             out["cross_attn"] = scaled
         out["model_conds"] = model_conds
         return out
+
+
+def _device_key(device: torch.device | str) -> torch.device:
+    """A device with its index ("cuda" is the current CUDA device, so "cuda" and "cuda:0" are one key)."""
+    device = torch.device(device)
+    if device.index is None and device.type != "cpu":
+        device = torch.empty(0, device=device).device
+    return device
+
+
+def _cross_attn(cond: dict) -> torch.Tensor | None:
+    """The text conditioning a sampler cond entry runs the UNet with."""
+    crossattn = cond.get("model_conds", {}).get("c_crossattn")
+    return None if crossattn is None else crossattn.cond
+
+
+def _area_corner(area: tuple | None) -> tuple[int, int]:
+    """Top-left corner (latent pixels) of the window ComfyUI runs an entry with ``area`` on.
+
+    As comfy.samplers.get_area_and_mult: an area is (sizes..., offsets...), missing leading dimensions
+    count as offset 0, extra ones beyond the latent's two are ignored.
+    """
+    if area is None:
+        return 0, 0
+    offsets = [int(v) for v in area[len(area) // 2 :]]
+    offsets = ([0, 0] + offsets)[-2:] if len(offsets) < 2 else offsets[:2]
+    return offsets[0], offsets[1]
 
 
 class UniIDRun:
@@ -266,6 +305,7 @@ class UniIDRun:
         self.params = state.rescaler.param_tensors(device)
         self._gathered: dict[tuple, tuple] = {}
         self._regions: dict[tuple, tuple] = {}
+        self._window_tags: dict[tuple, comfy.conds.CONDRegular] = {}
 
     def on_step(self, step: int) -> None:
         """The sampler's step callback."""
@@ -285,8 +325,10 @@ class UniIDRun:
         self.choice = StepChoice(before, schedule.text_scale(before))
         return self.choice
 
-    def call(self, rows: torch.Tensor, sigma: torch.Tensor, shape: torch.Size) -> UniIDCall:
-        """The tensors for one model call with these row tags (rows arrive on the CPU: no device read)."""
+    def call(
+        self, rows: torch.Tensor, sigma: torch.Tensor, shape: torch.Size, windows: torch.Tensor | None = None
+    ) -> UniIDCall:
+        """The tensors for one model call with these row tags (the tags arrive on the CPU: no device read)."""
         layout = tuple(rows.tolist())
         gathered = self._gathered.get(layout)
         if gathered is None:
@@ -297,25 +339,40 @@ class UniIDRun:
         if self.state.limited:
             sigma = sigma.reshape(1, -1, 1, 1).to(self.device, torch.float32)
             scale = scale * ((sigma <= self.state.sigma_start) & (sigma >= self.state.sigma_end))
-        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape), self.params)
+        return UniIDCall(gathered[0], gathered[1], scale, self._regions_for(shape, windows), self.params)
 
-    def _regions_for(self, shape: torch.Size) -> tuple[torch.Tensor, ...] | None:
-        """The mask resized to every level's token grid, (b, Lq, 1) float32 on the device, per latent size."""
+    def window_tag(self, cond: dict, x_in: torch.Tensor) -> comfy.conds.CONDRegular:
+        """Row tags of one cond entry for a calc_cond_batch call: (latent index, top, left, latent height,
+        latent width) per row, where ComfyUI puts the entry's UNet input (its area's window)."""
+        batch, height, width = int(x_in.shape[0]), int(x_in.shape[-2]), int(x_in.shape[-1])
+        top, left = _area_corner(cond.get("area"))
+        key = (batch, top, left, height, width)
+        tag = self._window_tags.get(key)
+        if tag is None:
+            rows = [[latent, top, left, height, width] for latent in range(batch)]
+            tag = comfy.conds.CONDRegular(torch.tensor(rows, dtype=torch.int64))
+            self._window_tags[key] = tag
+        return tag
+
+    def _regions_for(
+        self, shape: torch.Size, windows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...] | None:
+        """The mask over each row's window at every level's token grid, (b, Lq, 1) float32 on the device,
+        cached by the rows' windows and the call's latent size (a row without a tag covers the latent)."""
         mask = self.state.mask
         if mask is None:
             return None
         batch, height, width = int(shape[0]), int(shape[-2]), int(shape[-1])
-        cached = self._regions.get((batch, height, width))
+        if windows is None:
+            layout = tuple(Window(row, 0, 0, height, width) for row in range(batch))
+        else:
+            layout = tuple(Window(*row) for row in windows.tolist())
+        key = (layout, height, width)
+        cached = self._regions.get(key)
         if cached is None:
-            if mask.shape[0] not in (1, batch):
-                mask = mask.repeat(math.ceil(batch / mask.shape[0]), 1, 1)[:batch]
-            grids = []
-            for level in range(self.state.levels):
-                size = (math.ceil(height / 2**level), math.ceil(width / 2**level))
-                grid = F.interpolate(mask.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-                grids.append(grid.reshape(grid.shape[0], -1, 1).to(self.device))
-            cached = tuple(grids)
-            self._regions[(batch, height, width)] = cached
+            grids = window_masks(mask, layout, height, width, self.state.levels)
+            cached = tuple(grid.to(self.device) for grid in grids)
+            self._regions[key] = cached
         return cached
 
 
@@ -334,14 +391,16 @@ class _Wrapper:
 
 
 class SamplerRunWrapper(_Wrapper):
-    """SAMPLER_SAMPLE: set up the run, drive the step clock from the step callback, record where it ended."""
+    """SAMPLER_SAMPLE: set up the run, drive the step clock from the step callback, record where it ended
+    (a run that stops short of sigma 0 can be continued by one that adds no noise to what it returned)."""
 
     def __call__(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
         state = self.state
         state.check_batch(int(noise.shape[0]))
         sampler = executor.class_obj
         host = [float(s) for s in sigmas.tolist()]
-        offset = state.segments.steps_before(host[0]) if host else 0
+        latent = args[0] if args else kwargs.get("latent_image")
+        offset = state.segments.steps_before(host[0], noise, latent) if host else 0
         run = UniIDRun(state, noise.device, compute_dtype(guider.inner_model), host, offset, sampler)
         if not is_known(sampler):
             LOG.info(
@@ -349,7 +408,7 @@ class SamplerRunWrapper(_Wrapper):
                 "counts toward the next step",
                 type(sampler).__name__,
             )
-        state.resolve(getattr(guider, "conds", {}) or {})
+        state.resolve((getattr(guider, "conds", None) or {}).values())
         extra_args = {**extra_args, "model_options": {**extra_args["model_options"], state.key("run"): run}}
 
         def on_step(step, denoised, x, total_steps):
@@ -359,7 +418,7 @@ class SamplerRunWrapper(_Wrapper):
 
         samples = executor(guider, sigmas, extra_args, on_step, noise, *args, **kwargs)
         if host:
-            state.segments.record(host[-1], offset + len(host) - 1)
+            state.segments.record(host[-1], offset + len(host) - 1, samples)
         return samples
 
 
@@ -374,16 +433,22 @@ class PredictNoiseWrapper(_Wrapper):
 
 
 class CondBatchWrapper(_Wrapper):
-    """CALC_COND_BATCH: scale this Apply's marked text rows and tag every entry with its token set."""
+    """CALC_COND_BATCH: scale this Apply's text rows and tag every entry with its token set (and window)."""
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options):
         state = self.state
         run = model_options.get(state.key("run"))
         if run is None:
             run = UniIDRun(state, x_in.device, compute_dtype(model))
+        if any(state.claim_key not in c for entries in conds if entries is not None for c in entries):
+            state.resolve(conds)
         text_scale = run.choice.text_scale
+        masked = state.mask is not None and state.has_adapter
         prepared = [
-            None if entries is None else [state.prepare(c, text_scale) for c in entries] for entries in conds
+            None
+            if entries is None
+            else [state.prepare(c, text_scale, run.window_tag(c, x_in) if masked else None) for c in entries]
+            for entries in conds
         ]
         options = {**model_options.get("transformer_options", {}), state.key("plan"): run}
         return executor(model, prepared, x_in, timestep, {**model_options, "transformer_options": options})
@@ -405,12 +470,13 @@ class ApplyModelWrapper(_Wrapper):
     ):
         state = self.state
         rows = kwargs.pop(state.key("rows"), None)
+        windows = kwargs.pop(state.key("window"), None)
         options = dict(transformer_options or {})
         run = options.pop(state.key("plan"), None)
         if rows is not None and run is not None and state.has_adapter:
             calls = list(options.get(CALL_KEY, ()))
             calls += [None] * (state.slot + 1 - len(calls))
-            calls[state.slot] = run.call(rows, t, x.shape)
+            calls[state.slot] = run.call(rows, t, x.shape, windows)
             options[CALL_KEY] = tuple(calls)
         return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
@@ -428,7 +494,8 @@ def _attention(q, k, v, extra_options: dict) -> torch.Tensor:
 
 
 class UniIDAttn2Replace:
-    """attn2 replacement for one layer: text attention (or a previous patch) plus the rescaled UniID term."""
+    """attn2 replacement for one layer: text attention (or a previous patch) plus the rescaled UniID term,
+    plus the terms of packs applied after UniID that extend this patch (``add``)."""
 
     def __init__(
         self, state: UniIDState, layer: int, span: tuple[int, int], level: int, previous=None
@@ -440,12 +507,17 @@ class UniIDAttn2Replace:
         self.level = level
         self.rescaler = state.rescaler
         self.previous = previous
+        self.added: tuple[tuple, ...] = ()
 
     def __call__(self, q, k, v, extra_options: dict) -> torch.Tensor:
         if self.previous is not None:
             text_out = self.previous(q, k, v, extra_options)
         else:
             text_out = _attention(q, k, v, extra_options)
+        out = self._with_identity(text_out, q, extra_options)
+        return self._with_added(out, q, k, v, extra_options) if self.added else out
+
+    def _with_identity(self, text_out, q, extra_options: dict) -> torch.Tensor:
         calls = extra_options.get(CALL_KEY)
         if calls is None or len(calls) <= self.slot or calls[self.slot] is None:
             return text_out
@@ -456,6 +528,36 @@ class UniIDAttn2Replace:
         region = None if call.regions is None else call.regions[self.level]
         return combine_identity(
             text_out, ip_out, call.scale[self.layer], self.rescaler, self.layer, region, params=call.params
+        )
+
+    def _with_added(self, out, q, k, v, extra_options: dict) -> torch.Tensor:
+        """The added packs' terms, each inside its sigma range, as their own attn2 patches add them (they
+        read the call's sigma on the host; only models with such a pack applied pay for that)."""
+        sigmas = extra_options.get("sigmas")
+        sigma = NO_SIGMA if sigmas is None else float(sigmas.reshape(-1)[0])
+        for callback, kwargs in self.added:
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", NO_SIGMA):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out.to(q.dtype)
+
+    def add(self, callback, **kwargs) -> None:
+        """Extend this layer with another pack's term (the protocol of ComfyUI_IPAdapter_plus and PuLID
+        applied after UniID: ``out + callback(out, q, k, v, extra_options, **kwargs)`` while the call's
+        sigma is in [sigma_end, sigma_start]).
+
+        Those packs call it on the patch in their own clone of the model: ComfyUI's clone deep-copies
+        model_options, which gives every clone its own twin of this patch, and ``added`` is rebound,
+        never changed in place, so the model UniID Apply returned keeps its patches as they were.
+        """
+        self.added = (*self.added, (callback, dict(kwargs)))
+
+    def set_new_condition(self, *args, **kwargs) -> None:
+        """The older protocol (ComfyUI_InstantID, early IPAdapter plus): their own patch class with their
+        own arguments, which this patch cannot take over."""
+        raise UniIDError(
+            "a node applied after UniID Apply (ComfyUI_InstantID or an older IPAdapter plus) tried to extend "
+            "UniID's cross-attention patch, which it cannot do; apply it before UniID Apply (model -> "
+            "InstantID/IPAdapter -> UniID Apply -> sampler)"
         )
 
     def __deepcopy__(self, memo: dict) -> UniIDAttn2Replace:
