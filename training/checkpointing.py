@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,14 @@ def check_resume_layout(saved: TrainerState, now: TrainerState, path: Path) -> s
     return None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step number in a checkpoint-<step> folder name."""
+    match = CHECKPOINT_RE.match(path.name)
+    if match is None:
+        raise CheckpointError(f"{path} is not named checkpoint-<step>")
+    return int(match.group(1))
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Completed checkpoints (checkpoint-<step> holding its state file), oldest first."""
     if not root.is_dir():
@@ -94,6 +103,28 @@ def list_checkpoints(root: Path) -> list[Path]:
         if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_FILE).is_file()
     ]
     return [p for _, p in sorted(found)]
+
+
+def set_aside_newer(root: Path, resumed: Path, step: int) -> list[Path]:
+    """Rename the checkpoints at or after `step` (except `resumed`) to abandoned-checkpoint-<step>-<time>.
+
+    Resuming from an older checkpoint starts a new line of training: the abandoned line's newer
+    checkpoints must not be resumed by 'latest', pruned before the new ones or kept in their place. They
+    leave the checkpoint namespace under a new name and are never deleted. Returns their new paths.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in list_checkpoints(root):
+        if checkpoint_step(path) < step or path.resolve() == resumed.resolve():
+            continue
+        target = root / f"abandoned-{path.name}-{stamp}"
+        copy = 1
+        while target.exists():
+            copy += 1
+            target = root / f"abandoned-{path.name}-{stamp}-{copy}"
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 def resolve_resume(root: Path, value: str | None) -> Path | None:

@@ -35,6 +35,7 @@ from training.checkpointing import (
     resolve_resume,
     save_checkpoint,
     save_ema,
+    set_aside_newer,
     write_finished,
 )
 from training.components import (
@@ -264,10 +265,72 @@ class Trainer:
         note = check_resume_layout(saved, TrainerState(**self.layout()), path)
         self.accelerator.load_state(str(path), **self._checkpoint_kwargs(loading=True))
         self.state = dataclasses.replace(saved, **self.layout())
+        changed = self.apply_optimizer_settings()
         if self.accelerator.is_main_process:
             print(f"resumed from {path} at step {self.state.global_step}", file=sys.stderr)
             if note:
                 print(note, file=sys.stderr)
+            if changed:
+                print(
+                    f"the config changes {', '.join(changed)} (the checkpoint's optimizer had the old "
+                    f"values): the new values apply from step {self.state.global_step + 1}",
+                    file=sys.stderr,
+                )
+            self.abandon_newer(root, path)
+        self.accelerator.wait_for_everyone()
+
+    def abandon_newer(self, root: Path, resumed: Path) -> None:
+        """Resuming an older checkpoint: set the abandoned run's newer checkpoints aside, drop its finish.
+
+        The new line of training then writes its own checkpoints, `--resume latest` continues it, and it
+        exports when it reaches max_train_steps (the abandoned export is overwritten then).
+        """
+        step = self.state.global_step
+        moved = set_aside_newer(root, resumed, step)
+        finished = read_finished(self.out)
+        if moved or (finished is not None and finished["global_step"] > step):
+            (self.out / FINISHED_FILE).unlink(missing_ok=True)
+        if moved:
+            print(
+                f"resuming step {step} of an older checkpoint: the newer checkpoints of the abandoned run "
+                f"are kept, renamed to {', '.join(p.name for p in moved)}; this run writes its own "
+                "checkpoints and export",
+                file=sys.stderr,
+            )
+
+    def apply_optimizer_settings(self) -> list[str]:
+        """Make the config's AdamW settings win over the resumed ones; returns what changed ('key old -> new').
+
+        load_state restores the optimizer's param groups and the scheduler's base learning rates, so
+        without this a changed learning_rate, weight_decay, Adam betas or epsilon would be ignored.
+        """
+        cfg = self.cfg
+        groups = self.optimizer.param_groups
+        scheduler = self.scheduler.scheduler
+        resumed = {
+            "learning_rate": scheduler.base_lrs[0],
+            "weight_decay": groups[0]["weight_decay"],
+            "adam_beta1": groups[0]["betas"][0],
+            "adam_beta2": groups[0]["betas"][1],
+            "adam_epsilon": groups[0]["eps"],
+        }
+        changed = [f"{k} {v:g} -> {getattr(cfg, k):g}" for k, v in resumed.items() if v != getattr(cfg, k)]
+        if not changed:
+            return []
+        scheduler.base_lrs = [cfg.learning_rate] * len(groups)
+        rates = [
+            base * rule(scheduler.last_epoch)
+            for rule, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)
+        ]
+        for group, rate in zip(groups, rates, strict=True):
+            group.update(
+                lr=rate,
+                initial_lr=cfg.learning_rate,
+                weight_decay=cfg.weight_decay,
+                betas=(cfg.adam_beta1, cfg.adam_beta2),
+                eps=cfg.adam_epsilon,
+            )
+        return changed
 
     def _checkpoint_kwargs(self, loading: bool) -> dict[str, Any]:
         """DeepSpeed: store only the trained branch and its optimizer state, not the frozen UNet."""
