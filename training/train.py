@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -178,9 +177,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.dataloader_num_workers > 0,
         )
-        per_epoch = max(1, self.sampler.batches_per_epoch() // cfg.gradient_accumulation_steps)
-        self.max_steps = cfg.max_train_steps or cfg.num_train_epochs * per_epoch
-        self.num_epochs = math.ceil(self.max_steps / per_epoch) + 1
+        # Accumulation counts micro-batches across epoch ends, so a step may span two epochs.
+        micro_batches = cfg.num_train_epochs * self.sampler.batches_per_epoch()
+        self.max_steps = cfg.max_train_steps or max(1, micro_batches // cfg.gradient_accumulation_steps)
 
         from diffusers.optimization import get_scheduler
 
@@ -463,7 +462,7 @@ class Trainer:
         saved_at = start_step
         timed_out = False
         self.model.train()
-        while self.state.global_step < stop_at and self.state.epoch < self.num_epochs and not timed_out:
+        while self.state.global_step < stop_at and not timed_out:
             self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
             for batch in self.loader:
                 with acc.accumulate(self.model):

@@ -13,7 +13,7 @@ from tests.training.conftest import tiny_face_net, train_config, write_config
 from training import checkpointing
 from training.checkpointing import FINISHED_FILE, TrainerState, check_resume_layout, list_checkpoints
 from training.config import TrainConfig, load_config
-from training.train import TrainResult, parse_args, train
+from training.train import Trainer, TrainResult, parse_args, train
 from uniid_core.checkpoint import load_uniid
 from uniid_core.errors import CheckpointError, UniIDError
 
@@ -150,3 +150,23 @@ def test_repeated_set_options_add_up(tmp_path: Path) -> None:
     assert (config.seed, config.learning_rate, config.use_ema) == (7, 0.5, True)
     with pytest.raises(UniIDError, match="max_steps_per_run must be > 0"):
         load_config(path, ["max_steps_per_run=0"])
+
+
+def test_accumulation_beyond_one_epoch_trains_every_epoch_and_exports(
+    tmp_path: Path, tiny_base: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    common = dict(max_train_steps=None, num_train_epochs=3, gradient_accumulation_steps=3)
+    reference = train_config(tmp_path / "full", tiny_base, prepared[0], "text", **common)
+    trainer = Trainer(TrainConfig(**reference), face_net=tiny_face_net())
+    assert trainer.sampler.batches_per_epoch() == 2, "5 samples in batches of 2"
+    assert trainer.max_steps == 2, "3 epochs x 2 micro-batches / accumulation 3"
+    full = trainer.run()
+    assert full.global_step == 2 and full.export is not None
+    state = trainer.state
+    assert state.micro_step == 6 == 2 * state.epoch + state.batch_in_epoch, "all 3 epochs were read"
+
+    config = train_config(tmp_path / "jobs", tiny_base, prepared[0], "text", max_steps_per_run=1, **common)
+    runs = [submit(config) for _ in range(2)]
+    assert [r.global_step for r in runs] == [1, 2] and runs[-1].export is not None
+    assert "stopped at step 1 of 2 (max_steps_per_run)" in capsys.readouterr().err
+    assert [loss for r in runs for loss in r.losses] == full.losses, "a step spanning two epochs resumes exactly"
