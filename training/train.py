@@ -298,7 +298,7 @@ class Trainer:
             )
 
     def apply_optimizer_settings(self) -> list[str]:
-        """Make the config's AdamW settings win over the resumed ones; returns what changed ('key old -> new').
+        """Make the config's AdamW settings win over the resumed ones; returns the changes ('key old -> new').
 
         load_state restores the optimizer's param groups and the scheduler's base learning rates, so
         without this a changed learning_rate, weight_decay, Adam betas or epsilon would be ignored.

@@ -169,4 +169,5 @@ def test_accumulation_beyond_one_epoch_trains_every_epoch_and_exports(
     runs = [submit(config) for _ in range(2)]
     assert [r.global_step for r in runs] == [1, 2] and runs[-1].export is not None
     assert "stopped at step 1 of 2 (max_steps_per_run)" in capsys.readouterr().err
-    assert [loss for r in runs for loss in r.losses] == full.losses, "a step spanning two epochs resumes exactly"
+    losses = [loss for r in runs for loss in r.losses]
+    assert losses == full.losses, "a step spanning two epochs resumes exactly"

@@ -81,7 +81,8 @@ def test_changed_adamw_settings_apply_on_resume(
     Trainer(TrainConfig(**first), face_net=tiny_face_net()).run()
     new = dict(learning_rate=0.1, weight_decay=0.5, adam_beta1=0.8, adam_epsilon=1e-6, max_steps_per_run=1)
     capsys.readouterr()
-    trainer = Trainer(TrainConfig(**dict(first, **new), resume_from_checkpoint="latest"), face_net=tiny_face_net())
+    config = TrainConfig(**dict(first, **new), resume_from_checkpoint="latest")
+    trainer = Trainer(config, face_net=tiny_face_net())
     trainer.run()
     err = capsys.readouterr().err
     assert "learning_rate 0.001 -> 0.1, weight_decay 0.01 -> 0.5, adam_beta1 0.9 -> 0.8" in err
