@@ -60,7 +60,11 @@ class InputImage:
 
 
 def collect_inputs(sources: Iterable[str]) -> list[InputImage]:
-    """Expand folders (recursively, sorted), file lists ('path' or 'path<TAB>class word' lines) and files."""
+    """Expand folders (recursively, sorted), file lists ('path' or 'path<TAB>class word' lines) and files.
+
+    An image named more than once (a folder and a list that overlap) is kept once, at its first mention
+    and with that mention's class word, so it never becomes two samples or two failures.
+    """
     images: list[InputImage] = []
     for source in sources:
         path = Path(source)
@@ -79,7 +83,16 @@ def collect_inputs(sources: Iterable[str]) -> list[InputImage]:
             images.append(InputImage(str(path.resolve())))
         else:
             raise UniIDError(f"--images {source}: not a folder, file list or image file")
-    return images
+    unique: dict[str, InputImage] = {}
+    for item in images:
+        unique.setdefault(item.path, item)
+    if len(unique) < len(images):
+        print(
+            f"--images names {len(images) - len(unique)} image(s) more than once: each is prepared once "
+            "(with the class word of its first mention)",
+            file=sys.stderr,
+        )
+    return list(unique.values())
 
 
 def pick_face(faces: list[DetectedFace], select: str) -> DetectedFace:
@@ -395,9 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_DET_SIZE,
         help="insightface detection size (official: 320); smaller sizes are tried when no face is found",
     )
-    parser.add_argument(
-        "--select", choices=SELECT_MODES, default=SELECT_MODES[0], help="which face to keep"
-    )
+    parser.add_argument("--select", choices=SELECT_MODES, default=SELECT_MODES[0], help="which face to keep")
     parser.add_argument("--class-word", default=None, help="use this class word for every image")
     parser.add_argument(
         "--no-face",
