@@ -24,6 +24,7 @@ from training.checkpointing import (
     FINISHED_FILE,
     UNIID_FILE,
     TrainerState,
+    check_merge_source,
     check_resume_layout,
     export_uniid,
     list_checkpoints,
@@ -41,6 +42,7 @@ from training.components import (
     BaseModels,
     PromptCache,
     UniIDTrainingModule,
+    base_problem,
     build_stage_model,
     draw_feature_dropout,
     load_base,
@@ -117,6 +119,10 @@ class Trainer:
         ]
         if missing:
             raise UniIDError(f"set {', '.join(missing)} in the training config (see training/configs/*.yaml)")
+        require_paths(
+            base_problem(cfg.base) if base is None else None,
+            path_problem("merge_with", cfg.merge_with, "file") if cfg.merge_with else None,
+        )
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         project = ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs"))
@@ -156,6 +162,8 @@ class Trainer:
 
         encoders = (base.text_encoder, base.text_encoder_2)
         self.uniid = build_stage_model(cfg, base.unet, encoders).to(self.device)
+        if cfg.merge_with:
+            check_merge_source(Path(cfg.merge_with), self.uniid.config)
         if cfg.stage == "adapter":
             install_uniid_processors(base.unet, self.uniid, rescale="add", scale=1.0)
         if cfg.gradient_checkpointing:
