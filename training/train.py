@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ from training.components import (
 )
 from training.config import TrainConfig, load_config
 from training.data import (
+    ContinuousBatches,
     FaceDataset,
     ResumableBatchSampler,
     collate,
@@ -179,11 +182,11 @@ class Trainer:
         )
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_sampler=self.sampler,
+            batch_sampler=ContinuousBatches(self.sampler),
             collate_fn=collate,
             num_workers=cfg.dataloader_num_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg.dataloader_num_workers > 0,
+            worker_init_fn=ignore_sigterm,
         )
         # Accumulation counts micro-batches across epoch ends, so a step may span two epochs.
         micro_batches = cfg.num_train_epochs * self.sampler.batches_per_epoch()
@@ -434,17 +437,26 @@ class Trainer:
                 f"finished at step {self.state.global_step}: exported {self.result.export}", file=sys.stderr
             )
 
-    def out_of_time(self) -> bool:
-        """Whether max_run_minutes is spent on any process (the same answer on every process)."""
+    def stop_request(self, terminated: bool) -> str | None:
+        """Why this invocation must stop now, the same answer on every process: SIGTERM on any process,
+        max_run_minutes spent, or None."""
         limit = self.cfg.max_run_minutes
-        if not limit:
-            return False
-        spent = time.monotonic() - self.started > limit * 60
-        flag = torch.tensor([float(spent)], device=self.device)
-        return bool(self.accelerator.reduce(flag, reduction="max").item())
+        flags = [float(terminated), float(bool(limit) and time.monotonic() - self.started > limit * 60)]
+        if self.accelerator.num_processes > 1:
+            reduced = self.accelerator.reduce(torch.tensor(flags, device=self.device), reduction="max")
+            flags = reduced.tolist()
+        return "SIGTERM" if flags[0] else "max_run_minutes" if flags[1] else None
 
     def run(self) -> TrainResult:
-        """Train until max_train_steps or this invocation's budget, checkpointing, validating and logging."""
+        """Train until max_train_steps or this invocation's budget, checkpointing, validating and logging.
+
+        A SIGTERM ends the invocation at the next step boundary with a checkpoint, like a spent budget.
+        """
+        with TermSignal() as term:
+            return self._run(term)
+
+    def _run(self, term: TermSignal) -> TrainResult:
+        """The body of run(); `term` tells whether SIGTERM arrived."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.accelerator
@@ -468,55 +480,54 @@ class Trainer:
         loss_count = 0
         window_start, window_images = time.perf_counter(), 0
         saved_at = start_step
-        timed_out = False
+        stop = None
         self.model.train()
-        while self.state.global_step < stop_at and not timed_out:
-            self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
-            for batch in self.loader:
-                with acc.accumulate(self.model):
-                    loss = self.compute_loss(batch, self.generators())
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm and not self.deepspeed:
-                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    self.optimizer.step()
-                    if acc.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                self.state.micro_step += 1
-                self.state.batch_in_epoch += 1
-                loss_sum += loss.detach()
-                loss_count += 1
-                window_images += len(batch["class_word"]) * acc.num_processes
-                if not acc.sync_gradients:
-                    continue
-                self.state.global_step += 1
-                step = self.state.global_step
-                if self.ema is not None:
-                    self.ema.step(self.params)
-                bar.update(1)
-                timed_out = self.out_of_time()
-                if step % cfg.logging_steps == 0 or step == stop_at or timed_out:
-                    mean_loss = acc.gather(loss_sum / loss_count).mean().item()
-                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    lr = self.scheduler.get_last_lr()[0]
-                    acc.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}, step=step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.2f}", lr=f"{lr:.2e}")
-                    self.result.losses.append((step, mean_loss))
-                    loss_sum.zero_()
-                    loss_count = 0
-                    window_start, window_images = time.perf_counter(), 0
-                if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                    self.checkpoint()
-                    saved_at = step
-                if self.validator is not None and step % cfg.validation_steps == 0:
-                    self.validator.run(step)
-                if cfg.validation_steps > 0:
-                    acc.wait_for_everyone()
-                if step >= stop_at or timed_out:
-                    break
-            else:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
+        self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+        # One endless iterator over the epochs: leaving the loop shuts its workers down.
+        for batch in self.loader if self.state.global_step < stop_at else ():
+            with acc.accumulate(self.model):
+                loss = self.compute_loss(batch, self.generators())
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm and not self.deepspeed:
+                    acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.state.micro_step += 1
+            self.state.batch_in_epoch += 1
+            if self.state.batch_in_epoch == self.sampler.batches_per_epoch():
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            loss_sum += loss.detach()
+            loss_count += 1
+            window_images += len(batch["class_word"]) * acc.num_processes
+            if not acc.sync_gradients:
+                continue
+            self.state.global_step += 1
+            step = self.state.global_step
+            if self.ema is not None:
+                self.ema.step(self.params)
+            bar.update(1)
+            stop = self.stop_request(term.received)
+            if step % cfg.logging_steps == 0 or step == stop_at or stop:
+                mean_loss = acc.gather(loss_sum / loss_count).mean().item()
+                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                lr = self.scheduler.get_last_lr()[0]
+                acc.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}, step=step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.2f}", lr=f"{lr:.2e}")
+                self.result.losses.append((step, mean_loss))
+                loss_sum.zero_()
+                loss_count = 0
+                window_start, window_images = time.perf_counter(), 0
+            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                self.checkpoint()
+                saved_at = step
+            if self.validator is not None and step % cfg.validation_steps == 0:
+                self.validator.run(step)
+            if cfg.validation_steps > 0:
+                acc.wait_for_everyone()
+            if step >= stop_at or stop:
+                break
         bar.close()
         if saved_at != self.state.global_step:
             self.checkpoint()
@@ -525,7 +536,7 @@ class Trainer:
         if self.state.global_step >= self.max_steps:
             self.finish()
         elif acc.is_main_process:
-            reason = "max_run_minutes" if timed_out else "max_steps_per_run"
+            reason = stop or "max_steps_per_run"
             print(
                 f"stopped at step {self.state.global_step} of {self.max_steps} ({reason}) with a checkpoint: "
                 "run the same command with --resume latest to continue",
@@ -535,6 +546,36 @@ class Trainer:
         acc.end_training()
         self.result.global_step = self.state.global_step
         return self.result
+
+
+class TermSignal:
+    """While active, SIGTERM (a cluster pre-empting or cancelling the job) is recorded instead of killing
+    the process, so the loop stops at the next step boundary with a checkpoint."""
+
+    def __init__(self) -> None:
+        """Nothing received yet."""
+        self.received = False
+        self.previous: Any = None
+
+    def __enter__(self) -> TermSignal:
+        """Install the handler (only the main thread may; elsewhere SIGTERM keeps its behaviour)."""
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __exit__(self, *exc: object) -> None:
+        """Put the previous handler back."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGTERM, so a signal sent to the whole job (every process) lets the
+    main process finish its step and checkpoint; the workers end with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def configure_deepspeed(accelerator: Any, cfg: TrainConfig) -> None:
