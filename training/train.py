@@ -60,6 +60,7 @@ from training.data import (
     faces_uint8_to_input,
     pixels_to_unit_range,
 )
+from training.run_lock import OutputDirLock
 from uniid_core.checkpoint import load_face_net, save_uniid
 from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.diffusers_processor import install_uniid_processors
@@ -109,7 +110,7 @@ class Trainer:
         random-weight models built in memory).
         """
         from accelerate import Accelerator
-        from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+        from accelerate.utils import ProjectConfiguration
 
         self.started = time.monotonic()
 
@@ -136,7 +137,20 @@ class Trainer:
             project_config=project,
             step_scheduler_with_optimizer=False,
         )
-        acc = self.accelerator
+        self.lock = OutputDirLock(self.out)
+        if self.accelerator.is_main_process:
+            self.lock.acquire()
+        try:
+            self._build(face_net, base)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, face_net: torch.nn.Module | None, base: BaseModels | None) -> None:
+        """The rest of __init__, once this job holds the output folder: data, models, optimizer, hooks."""
+        from accelerate.utils import DistributedType, set_seed
+
+        cfg, acc = self.cfg, self.accelerator
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         set_seed(cfg.seed)
         if cfg.allow_tf32 and torch.cuda.is_available():
@@ -452,8 +466,11 @@ class Trainer:
 
         A SIGTERM ends the invocation at the next step boundary with a checkpoint, like a spent budget.
         """
-        with TermSignal() as term:
-            return self._run(term)
+        try:
+            with TermSignal() as term:
+                return self._run(term)
+        finally:
+            self.lock.release()
 
     def _run(self, term: TermSignal) -> TrainResult:
         """The body of run(); `term` tells whether SIGTERM arrived."""

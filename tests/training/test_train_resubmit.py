@@ -17,6 +17,7 @@ from tests.training.conftest import tiny_face_net, train_config, write_config
 from training import checkpointing
 from training.checkpointing import FINISHED_FILE, TrainerState, check_resume_layout, list_checkpoints
 from training.config import TrainConfig, load_config
+from training.run_lock import LOCK_FILE
 from training.train import Trainer, TrainResult, parse_args, train
 from uniid_core.checkpoint import load_uniid
 from uniid_core.errors import CheckpointError, UniIDError
@@ -43,12 +44,17 @@ def test_same_command_resubmitted_finishes_and_exports_exactly_once(
     assert all(torch.equal(value, reference[key]) for key, value in exported.items())
 
     out = Path(config["output_dir"])
-    before = {p: p.stat().st_mtime_ns for p in [runs[-1].export, *out.rglob("*")] if p.is_file()}
+    lock = out / LOCK_FILE  # every job takes it, a finished run's too
+
+    def files() -> dict[Path, int]:
+        paths = [runs[-1].export, *out.rglob("*")]
+        return {p: p.stat().st_mtime_ns for p in paths if p.is_file() and p != lock}
+
+    before = files()
     again = submit(config)
     assert again.export is None and again.global_step == 5 and again.losses == []
     assert "already finished at step 5" in capsys.readouterr().err
-    after = {p: p.stat().st_mtime_ns for p in [runs[-1].export, *out.rglob("*")] if p.is_file()}
-    assert after == before, "a finished run is left exactly as it was (no checkpoint rewrite, no export)"
+    assert files() == before, "a finished run is left exactly as it was (no checkpoint rewrite, no export)"
 
 
 def test_killed_between_last_checkpoint_and_export_exports_on_resubmission(
