@@ -316,7 +316,7 @@ class Trainer:
             (self.out / FINISHED_FILE).unlink(missing_ok=True)
         if moved:
             print(
-                f"resuming step {step} of an older checkpoint: the newer checkpoints of the abandoned run "
+                f"resumed an older checkpoint (step {step}): the newer checkpoints of the abandoned run "
                 f"are kept, renamed to {', '.join(p.name for p in moved)}; this run writes its own "
                 "checkpoints and export",
                 file=sys.stderr,
