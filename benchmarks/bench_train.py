@@ -299,13 +299,7 @@ class Ours:
     def step(self) -> int:
         """One optimizer step; returns the number of images trained on."""
         trainer = self.trainer
-        try:
-            batch = next(self.batches)
-        except StopIteration:
-            trainer.state.epoch += 1
-            trainer.sampler.set_epoch(trainer.state.epoch)
-            self.batches = iter(trainer.loader)
-            batch = next(self.batches)
+        batch = next(self.batches)
         generators = trainer.generators()
         trainer.state.micro_step += 1
         with trainer.accelerator.accumulate(trainer.model):

@@ -11,14 +11,16 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from uniid_core.checkpoint import load_uniid, save_uniid
+from uniid_core.checkpoint import is_uniid_file, load_uniid, save_uniid
 from uniid_core.errors import CheckpointError
 from uniid_core.models.uniid import UniIDConfig, UniIDModel
 
@@ -84,6 +86,14 @@ def check_resume_layout(saved: TrainerState, now: TrainerState, path: Path) -> s
     return None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step number in a checkpoint-<step> folder name."""
+    match = CHECKPOINT_RE.match(path.name)
+    if match is None:
+        raise CheckpointError(f"{path} is not named checkpoint-<step>")
+    return int(match.group(1))
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Completed checkpoints (checkpoint-<step> holding its state file), oldest first."""
     if not root.is_dir():
@@ -94,6 +104,28 @@ def list_checkpoints(root: Path) -> list[Path]:
         if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_FILE).is_file()
     ]
     return [p for _, p in sorted(found)]
+
+
+def set_aside_newer(root: Path, resumed: Path, step: int) -> list[Path]:
+    """Rename the checkpoints at or after `step` (except `resumed`) to abandoned-checkpoint-<step>-<time>.
+
+    Resuming from an older checkpoint starts a new line of training: the abandoned line's newer
+    checkpoints must not be resumed by 'latest', pruned before the new ones or kept in their place. They
+    leave the checkpoint namespace under a new name and are never deleted. Returns their new paths.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in list_checkpoints(root):
+        if checkpoint_step(path) < step or path.resolve() == resumed.resolve():
+            continue
+        target = root / f"abandoned-{path.name}-{stamp}"
+        copy = 1
+        while target.exists():
+            copy += 1
+            target = root / f"abandoned-{path.name}-{stamp}-{copy}"
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 def resolve_resume(root: Path, value: str | None) -> Path | None:
@@ -253,6 +285,43 @@ def merge_branches(trained: UniIDModel, other: UniIDModel | None) -> UniIDModel:
     merged.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()}, assign=True)
     merged.refresh_fingerprint()
     return merged
+
+
+def merge_source_config(path: Path) -> UniIDConfig:
+    """The sizes of a UniID file to merge with: from the header of a single file (no tensors read),
+    else by loading it (official branch files and release folders)."""
+    if not is_uniid_file(path):
+        return load_uniid(path).config
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        metadata = handle.metadata() or {}
+    try:
+        return UniIDConfig.from_metadata(metadata)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged UniID metadata ({exc}); export or convert it again") from exc
+
+
+def check_merge_source(path: Path, trained: UniIDConfig) -> None:
+    """Refuse a merge_with file that cannot complete this run's export (checked before training starts)."""
+    text_stage = trained.num_text_tokens is not None
+    needed = "adapter" if text_stage else "text"
+    other = merge_source_config(path)
+    if (other.num_adapter_tokens if text_stage else other.num_text_tokens) is None:
+        raise CheckpointError(
+            f"merge_with {path} holds no {needed} branch: give the {needed} stage's export "
+            f"(uniid_{needed}.safetensors) or remove merge_with"
+        )
+    if other.family != trained.family:
+        raise CheckpointError(
+            f"merge_with {path} is for {other.family} models, this run trains for {trained.family}: "
+            f"give a {needed} branch trained on the same base model"
+        )
+    text, adapter = (trained, other) if text_stage else (other, trained)
+    if sum(text.text_widths) != adapter.context_dim:
+        raise CheckpointError(
+            f"merge_with {path}: its {needed} branch does not fit this run's base model (text width "
+            f"{sum(text.text_widths)}, adapter context width {adapter.context_dim}): give a {needed} "
+            "branch trained on the same base model"
+        )
 
 
 def export_uniid(trained: UniIDModel, out: Path, merge_with: str | None = None) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from training.config import TrainConfig
+from uniid_core.cli import path_problem
 from uniid_core.errors import CheckpointError, UniIDError
 from uniid_core.family import diffusers_cross_attn, diffusers_layer_widths
 from uniid_core.models.iresnet import FaceFeatures
 from uniid_core.models.uniid import UniIDConfig, UniIDModel
 from uniid_core.splice import splice_text_tokens
+
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")
+"""A Hugging Face Hub repository id (org/name)."""
 
 
 @dataclass
@@ -30,11 +36,29 @@ class BaseModels:
     noise_scheduler: Any
 
 
+def base_problem(base: str) -> str | None:
+    """What is wrong with `base` as a local diffusers SDXL folder, or None (a Hub id such as
+    org/name that is no local path is left to diffusers)."""
+    if HUB_ID.fullmatch(base) and not os.path.exists(base):
+        return None
+    return path_problem("base", base, "folder", "unet/config.json", "a diffusers SDXL folder")
+
+
 def load_base(base: str) -> BaseModels:
-    """Load a diffusers SDXL folder (DDPM noise schedule from its scheduler config), frozen, eval mode."""
+    """Load a diffusers SDXL folder (DDPM noise schedule from its scheduler config), frozen, eval mode.
+
+    Only epsilon-prediction bases are accepted: the trainer's loss targets the noise.
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    prediction = noise_scheduler.config.prediction_type
+    if prediction != "epsilon":
+        raise UniIDError(
+            f"{base}: its scheduler sets prediction_type {prediction!r}; the trainer trains "
+            "epsilon-prediction SDXL models (like stable-diffusion-xl-base-1.0): use such a base"
+        )
     models = BaseModels(
         unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
         vae=AutoencoderKL.from_pretrained(base, subfolder="vae"),
@@ -42,7 +66,7 @@ def load_base(base: str) -> BaseModels:
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"),
         tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),
-        noise_scheduler=DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+        noise_scheduler=noise_scheduler,
     )
     for module in (models.unet, models.vae, models.text_encoder, models.text_encoder_2):
         module.requires_grad_(False)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +94,9 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        """Fill the stage defaults and reject values that cannot train."""
+        """Coerce values to their field types, fill the stage defaults and reject values that cannot train."""
+        for name, kind in field_types().items():
+            setattr(self, name, coerce_value(name, getattr(self, name), kind))
         if self.stage not in STAGES:
             raise UniIDError(f"stage must be one of {STAGES}, got {self.stage!r}")
         for key, value in STAGE_DEFAULTS[self.stage].items():
@@ -121,6 +126,70 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for logging and for saving next to checkpoints)."""
         return dataclasses.asdict(self)
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """TrainConfig field name -> its type (the annotations evaluated)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce_value(key: str, value: Any, kind: Any) -> Any:
+    """`value` as the field type `kind`, or a UniIDError naming the key.
+
+    YAML 1.1 reads `1e-4` as text and `no`/`off` as false: numbers written as text become numbers,
+    `mixed_precision: no` means "no", false turns other optional text settings off, and one value
+    given for a list field becomes a one-element list.
+    """
+    optional = type(None) in typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if value is None:
+        if optional:
+            return None
+        raise UniIDError(f"config key {key} cannot be null; give a value or leave the key out")
+    if typing.get_origin(kind) is list:
+        element = typing.get_args(kind)[0]
+        items = value if isinstance(value, list | tuple) else [value]
+        return [coerce_value(key, item, element) for item in items]
+    if kind is str and isinstance(value, bool):
+        if key == "mixed_precision" and value is False:
+            return "no"
+        if optional and value is False:
+            return None
+        raise UniIDError(
+            f"config key {key} must be text, got {value!r}: quote the value (YAML reads yes/no/on/off as "
+            "true/false)"
+        )
+    if kind is str and isinstance(value, str | int | float):
+        return str(value)
+    if kind is str:
+        raise UniIDError(f"config key {key} must be text, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise UniIDError(f"config key {key} must be true or false, got {value!r}")
+    number = _number(value)
+    if kind is float and number is not None:
+        return float(number)
+    if kind is int and number is not None and float(number).is_integer():
+        return int(number)
+    expected = "a whole number" if kind is int else "a number (e.g. 1.0e-4)"
+    raise UniIDError(f"config key {key} must be {expected}, got {value!r}")
+
+
+def _number(value: Any) -> float | int | None:
+    """An int or float value, or a text that reads as one (YAML 1.1 keeps `1e-4` as text); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

@@ -196,3 +196,23 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         for k in range(self.start_batch, self.batches_per_epoch()):
             first = (k * self.world_size + self.rank) * self.batch_size
             yield perm[first : first + self.batch_size]
+
+
+class ContinuousBatches(torch.utils.data.Sampler):
+    """The batches of every epoch one after another, from the sampler's (epoch, start batch) on.
+
+    One DataLoader iterator, and so one set of worker processes, serves a whole run: the workers start
+    once and are shut down cleanly when the training loop leaves it (no persistent workers to leave behind).
+    """
+
+    def __init__(self, sampler: ResumableBatchSampler) -> None:
+        """Wrap the per-epoch sampler; call its set_epoch before iterating."""
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """Yield batches endlessly: the rest of the current epoch, then each next epoch from its start."""
+        epoch, start = self.sampler.epoch, self.sampler.start_batch
+        while True:
+            self.sampler.set_epoch(epoch, start)
+            yield from self.sampler
+            epoch, start = epoch + 1, 0

@@ -10,7 +10,7 @@ backward pass come on top (measure with benchmarks/bench_train.py on the GPU its
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +20,13 @@ from torch import Tensor, nn
 
 from training.components import UniIDTrainingModule, build_stage_model
 from training.config import TrainConfig
+from uniid_core.cli import argument_parser, path_problem, positive_int, require_paths, run_cli
 from uniid_core.diffusers_processor import install_uniid_processors
 from uniid_core.family import SDXL
 
 GIB = 2**30
+
+
 @dataclass
 class FrozenModels:
     """The frozen models of a run (weightless on the meta device for the arithmetic)."""
@@ -254,14 +257,14 @@ def format_table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Print the memory table of one configuration; returns the estimate."""
-    parser = argparse.ArgumentParser(prog="python -m training.memory", description=__doc__.split("\n")[0])
+    parser = argument_parser("python -m training.memory", __doc__.split("\n")[0])
     parser.add_argument("--stage", choices=("text", "adapter"), default="adapter")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument(
-        "--batch", type=int, default=None, help="per GPU (default: official 23 text / 19 adapter)"
+        "--batch", type=positive_int, default=None, help="per GPU (default: official 23 text / 19 adapter)"
     )
-    parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs in the run (matters with --zero2)")
+    parser.add_argument("--resolution", type=positive_int, default=512)
+    parser.add_argument("--gpus", type=positive_int, default=1, help="GPUs in the run (matters with --zero2)")
     parser.add_argument(
         "--zero2", action="store_true", help="DeepSpeed ZeRO-2: gradients + AdamW split over GPUs"
     )
@@ -270,7 +273,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--base", default=None, help="diffusers SDXL folder whose shapes to use (default SDXL base)"
     )
     args = parser.parse_args(argv)
-    batch = args.batch or TrainConfig(stage=args.stage).train_batch_size
+    if args.base:
+        require_paths(
+            path_problem("--base", args.base, "folder", "unet/config.json", "a diffusers SDXL folder")
+        )
+    batch = args.batch if args.batch is not None else TrainConfig(stage=args.stage).train_batch_size
     result = estimate(
         args.stage,
         args.precision,
@@ -286,4 +293,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

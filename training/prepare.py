@@ -35,7 +35,7 @@ from training.shards import (
     shard_prefix,
     write_index,
 )
-from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
+from uniid_core.cli import argument_parser, path_problem, positive_int, require_paths, run_cli
 from uniid_core.errors import FaceDetectionError, UniIDError
 from uniid_core.face.align import align_face
 from uniid_core.face.class_word import class_word_from_gender
@@ -60,7 +60,11 @@ class InputImage:
 
 
 def collect_inputs(sources: Iterable[str]) -> list[InputImage]:
-    """Expand folders (recursively, sorted), file lists ('path' or 'path<TAB>class word' lines) and files."""
+    """Expand folders (recursively, sorted), file lists ('path' or 'path<TAB>class word' lines) and files.
+
+    An image named more than once (a folder and a list that overlap) is kept once, at its first mention
+    and with that mention's class word, so it never becomes two samples or two failures.
+    """
     images: list[InputImage] = []
     for source in sources:
         path = Path(source)
@@ -79,7 +83,16 @@ def collect_inputs(sources: Iterable[str]) -> list[InputImage]:
             images.append(InputImage(str(path.resolve())))
         else:
             raise UniIDError(f"--images {source}: not a folder, file list or image file")
-    return images
+    unique: dict[str, InputImage] = {}
+    for item in images:
+        unique.setdefault(item.path, item)
+    if len(unique) < len(images):
+        print(
+            f"--images names {len(images) - len(unique)} image(s) more than once: each is prepared once "
+            "(with the class word of its first mention)",
+            file=sys.stderr,
+        )
+    return list(unique.values())
 
 
 def pick_face(faces: list[DetectedFace], select: str) -> DetectedFace:
@@ -357,14 +370,6 @@ def _part(text: str) -> tuple[int, int]:
     return part, parts
 
 
-def _positive(text: str) -> int:
-    """An integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argument_parser("python -m training.prepare", __doc__.split("\n")[0])
@@ -395,9 +400,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_DET_SIZE,
         help="insightface detection size (official: 320); smaller sizes are tried when no face is found",
     )
-    parser.add_argument(
-        "--select", choices=SELECT_MODES, default=SELECT_MODES[0], help="which face to keep"
-    )
+    parser.add_argument("--select", choices=SELECT_MODES, default=SELECT_MODES[0], help="which face to keep")
     parser.add_argument("--class-word", default=None, help="use this class word for every image")
     parser.add_argument(
         "--no-face",
@@ -406,7 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip (and report) images without a face, or use the whole image resized to 112x112 as the face "
         "with class word 'person' (the official fallback, in RGB)",
     )
-    parser.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard")
+    parser.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
     parser.add_argument(
         "--save-every",
         type=float,
@@ -416,13 +419,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="worker processes on this machine (each its own detector)",
     )
     parser.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="CPU threads per worker (torch, OpenCV, MTCNN); default: cores / workers (1 worker: as is)",
     )
@@ -442,7 +445,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device for the VAE"
     )
     parser.add_argument("--vae-dtype", choices=("fp32", "fp16"), default="fp32", help="VAE precision")
-    parser.add_argument("--vae-batch", type=_positive, default=8, help="images per VAE encoder call")
+    parser.add_argument("--vae-batch", type=positive_int, default=8, help="images per VAE encoder call")
     args = parser.parse_args(argv)
     if args.latents and not args.base:
         parser.error("--latents needs --base SDXL_DIR (the VAE to encode with)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from training.checkpointing import (
     FINISHED_FILE,
     UNIID_FILE,
     TrainerState,
+    check_merge_source,
     check_resume_layout,
     export_uniid,
     list_checkpoints,
@@ -35,12 +37,14 @@ from training.checkpointing import (
     resolve_resume,
     save_checkpoint,
     save_ema,
+    set_aside_newer,
     write_finished,
 )
 from training.components import (
     BaseModels,
     PromptCache,
     UniIDTrainingModule,
+    base_problem,
     build_stage_model,
     draw_feature_dropout,
     load_base,
@@ -49,12 +53,14 @@ from training.components import (
 )
 from training.config import TrainConfig, load_config
 from training.data import (
+    ContinuousBatches,
     FaceDataset,
     ResumableBatchSampler,
     collate,
     faces_uint8_to_input,
     pixels_to_unit_range,
 )
+from training.run_lock import OutputDirLock
 from uniid_core.checkpoint import load_face_net, save_uniid
 from uniid_core.cli import argument_parser, path_problem, require_paths, run_cli
 from uniid_core.diffusers_processor import install_uniid_processors
@@ -104,7 +110,7 @@ class Trainer:
         random-weight models built in memory).
         """
         from accelerate import Accelerator
-        from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+        from accelerate.utils import ProjectConfiguration
 
         self.started = time.monotonic()
 
@@ -117,6 +123,10 @@ class Trainer:
         ]
         if missing:
             raise UniIDError(f"set {', '.join(missing)} in the training config (see training/configs/*.yaml)")
+        require_paths(
+            base_problem(cfg.base) if base is None else None,
+            path_problem("merge_with", cfg.merge_with, "file") if cfg.merge_with else None,
+        )
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         project = ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs"))
@@ -127,7 +137,20 @@ class Trainer:
             project_config=project,
             step_scheduler_with_optimizer=False,
         )
-        acc = self.accelerator
+        self.lock = OutputDirLock(self.out)
+        if self.accelerator.is_main_process:
+            self.lock.acquire()
+        try:
+            self._build(face_net, base)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, face_net: torch.nn.Module | None, base: BaseModels | None) -> None:
+        """The rest of __init__, once this job holds the output folder: data, models, optimizer, hooks."""
+        from accelerate.utils import DistributedType, set_seed
+
+        cfg, acc = self.cfg, self.accelerator
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         set_seed(cfg.seed)
         if cfg.allow_tf32 and torch.cuda.is_available():
@@ -156,6 +179,8 @@ class Trainer:
 
         encoders = (base.text_encoder, base.text_encoder_2)
         self.uniid = build_stage_model(cfg, base.unet, encoders).to(self.device)
+        if cfg.merge_with:
+            check_merge_source(Path(cfg.merge_with), self.uniid.config)
         if cfg.stage == "adapter":
             install_uniid_processors(base.unet, self.uniid, rescale="add", scale=1.0)
         if cfg.gradient_checkpointing:
@@ -171,15 +196,15 @@ class Trainer:
         )
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_sampler=self.sampler,
+            batch_sampler=ContinuousBatches(self.sampler),
             collate_fn=collate,
             num_workers=cfg.dataloader_num_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg.dataloader_num_workers > 0,
+            worker_init_fn=ignore_sigterm,
         )
-        per_epoch = max(1, self.sampler.batches_per_epoch() // cfg.gradient_accumulation_steps)
-        self.max_steps = cfg.max_train_steps or cfg.num_train_epochs * per_epoch
-        self.num_epochs = math.ceil(self.max_steps / per_epoch) + 1
+        # Accumulation counts micro-batches across epoch ends, so a step may span two epochs.
+        micro_batches = cfg.num_train_epochs * self.sampler.batches_per_epoch()
+        self.max_steps = cfg.max_train_steps or max(1, micro_batches // cfg.gradient_accumulation_steps)
 
         from diffusers.optimization import get_scheduler
 
@@ -264,10 +289,72 @@ class Trainer:
         note = check_resume_layout(saved, TrainerState(**self.layout()), path)
         self.accelerator.load_state(str(path), **self._checkpoint_kwargs(loading=True))
         self.state = dataclasses.replace(saved, **self.layout())
+        changed = self.apply_optimizer_settings()
         if self.accelerator.is_main_process:
             print(f"resumed from {path} at step {self.state.global_step}", file=sys.stderr)
             if note:
                 print(note, file=sys.stderr)
+            if changed:
+                print(
+                    f"the config changes {', '.join(changed)} (the checkpoint's optimizer had the old "
+                    f"values): the new values apply from step {self.state.global_step + 1}",
+                    file=sys.stderr,
+                )
+            self.abandon_newer(root, path)
+        self.accelerator.wait_for_everyone()
+
+    def abandon_newer(self, root: Path, resumed: Path) -> None:
+        """Resuming an older checkpoint: set the abandoned run's newer checkpoints aside, drop its finish.
+
+        The new line of training then writes its own checkpoints, `--resume latest` continues it, and it
+        exports when it reaches max_train_steps (the abandoned export is overwritten then).
+        """
+        step = self.state.global_step
+        moved = set_aside_newer(root, resumed, step)
+        finished = read_finished(self.out)
+        if moved or (finished is not None and finished["global_step"] > step):
+            (self.out / FINISHED_FILE).unlink(missing_ok=True)
+        if moved:
+            print(
+                f"resumed an older checkpoint (step {step}): the newer checkpoints of the abandoned run "
+                f"are kept, renamed to {', '.join(p.name for p in moved)}; this run writes its own "
+                "checkpoints and export",
+                file=sys.stderr,
+            )
+
+    def apply_optimizer_settings(self) -> list[str]:
+        """Make the config's AdamW settings win over the resumed ones; returns the changes ('key old -> new').
+
+        load_state restores the optimizer's param groups and the scheduler's base learning rates, so
+        without this a changed learning_rate, weight_decay, Adam betas or epsilon would be ignored.
+        """
+        cfg = self.cfg
+        groups = self.optimizer.param_groups
+        scheduler = self.scheduler.scheduler
+        resumed = {
+            "learning_rate": scheduler.base_lrs[0],
+            "weight_decay": groups[0]["weight_decay"],
+            "adam_beta1": groups[0]["betas"][0],
+            "adam_beta2": groups[0]["betas"][1],
+            "adam_epsilon": groups[0]["eps"],
+        }
+        changed = [f"{k} {v:g} -> {getattr(cfg, k):g}" for k, v in resumed.items() if v != getattr(cfg, k)]
+        if not changed:
+            return []
+        scheduler.base_lrs = [cfg.learning_rate] * len(groups)
+        rates = [
+            base * rule(scheduler.last_epoch)
+            for rule, base in zip(scheduler.lr_lambdas, scheduler.base_lrs, strict=True)
+        ]
+        for group, rate in zip(groups, rates, strict=True):
+            group.update(
+                lr=rate,
+                initial_lr=cfg.learning_rate,
+                weight_decay=cfg.weight_decay,
+                betas=(cfg.adam_beta1, cfg.adam_beta2),
+                eps=cfg.adam_epsilon,
+            )
+        return changed
 
     def _checkpoint_kwargs(self, loading: bool) -> dict[str, Any]:
         """DeepSpeed: store only the trained branch and its optimizer state, not the frozen UNet."""
@@ -364,17 +451,29 @@ class Trainer:
                 f"finished at step {self.state.global_step}: exported {self.result.export}", file=sys.stderr
             )
 
-    def out_of_time(self) -> bool:
-        """Whether max_run_minutes is spent on any process (the same answer on every process)."""
+    def stop_request(self, terminated: bool) -> str | None:
+        """Why this invocation must stop now, the same answer on every process: SIGTERM on any process,
+        max_run_minutes spent, or None."""
         limit = self.cfg.max_run_minutes
-        if not limit:
-            return False
-        spent = time.monotonic() - self.started > limit * 60
-        flag = torch.tensor([float(spent)], device=self.device)
-        return bool(self.accelerator.reduce(flag, reduction="max").item())
+        flags = [float(terminated), float(bool(limit) and time.monotonic() - self.started > limit * 60)]
+        if self.accelerator.num_processes > 1:
+            reduced = self.accelerator.reduce(torch.tensor(flags, device=self.device), reduction="max")
+            flags = reduced.tolist()
+        return "SIGTERM" if flags[0] else "max_run_minutes" if flags[1] else None
 
     def run(self) -> TrainResult:
-        """Train until max_train_steps or this invocation's budget, checkpointing, validating and logging."""
+        """Train until max_train_steps or this invocation's budget, checkpointing, validating and logging.
+
+        A SIGTERM ends the invocation at the next step boundary with a checkpoint, like a spent budget.
+        """
+        try:
+            with TermSignal() as term:
+                return self._run(term)
+        finally:
+            self.lock.release()
+
+    def _run(self, term: TermSignal) -> TrainResult:
+        """The body of run(); `term` tells whether SIGTERM arrived."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.accelerator
@@ -398,55 +497,54 @@ class Trainer:
         loss_count = 0
         window_start, window_images = time.perf_counter(), 0
         saved_at = start_step
-        timed_out = False
+        stop = None
         self.model.train()
-        while self.state.global_step < stop_at and self.state.epoch < self.num_epochs and not timed_out:
-            self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
-            for batch in self.loader:
-                with acc.accumulate(self.model):
-                    loss = self.compute_loss(batch, self.generators())
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm and not self.deepspeed:
-                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    self.optimizer.step()
-                    if acc.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                self.state.micro_step += 1
-                self.state.batch_in_epoch += 1
-                loss_sum += loss.detach()
-                loss_count += 1
-                window_images += len(batch["class_word"]) * acc.num_processes
-                if not acc.sync_gradients:
-                    continue
-                self.state.global_step += 1
-                step = self.state.global_step
-                if self.ema is not None:
-                    self.ema.step(self.params)
-                bar.update(1)
-                timed_out = self.out_of_time()
-                if step % cfg.logging_steps == 0 or step == stop_at or timed_out:
-                    mean_loss = acc.gather(loss_sum / loss_count).mean().item()
-                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    lr = self.scheduler.get_last_lr()[0]
-                    acc.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}, step=step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.2f}", lr=f"{lr:.2e}")
-                    self.result.losses.append((step, mean_loss))
-                    loss_sum.zero_()
-                    loss_count = 0
-                    window_start, window_images = time.perf_counter(), 0
-                if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                    self.checkpoint()
-                    saved_at = step
-                if self.validator is not None and step % cfg.validation_steps == 0:
-                    self.validator.run(step)
-                if cfg.validation_steps > 0:
-                    acc.wait_for_everyone()
-                if step >= stop_at or timed_out:
-                    break
-            else:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
+        self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+        # One endless iterator over the epochs: leaving the loop shuts its workers down.
+        for batch in self.loader if self.state.global_step < stop_at else ():
+            with acc.accumulate(self.model):
+                loss = self.compute_loss(batch, self.generators())
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm and not self.deepspeed:
+                    acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.state.micro_step += 1
+            self.state.batch_in_epoch += 1
+            if self.state.batch_in_epoch == self.sampler.batches_per_epoch():
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            loss_sum += loss.detach()
+            loss_count += 1
+            window_images += len(batch["class_word"]) * acc.num_processes
+            if not acc.sync_gradients:
+                continue
+            self.state.global_step += 1
+            step = self.state.global_step
+            if self.ema is not None:
+                self.ema.step(self.params)
+            bar.update(1)
+            stop = self.stop_request(term.received)
+            if step % cfg.logging_steps == 0 or step == stop_at or stop:
+                mean_loss = acc.gather(loss_sum / loss_count).mean().item()
+                rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                lr = self.scheduler.get_last_lr()[0]
+                acc.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate}, step=step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.2f}", lr=f"{lr:.2e}")
+                self.result.losses.append((step, mean_loss))
+                loss_sum.zero_()
+                loss_count = 0
+                window_start, window_images = time.perf_counter(), 0
+            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                self.checkpoint()
+                saved_at = step
+            if self.validator is not None and step % cfg.validation_steps == 0:
+                self.validator.run(step)
+            if cfg.validation_steps > 0:
+                acc.wait_for_everyone()
+            if step >= stop_at or stop:
+                break
         bar.close()
         if saved_at != self.state.global_step:
             self.checkpoint()
@@ -455,7 +553,7 @@ class Trainer:
         if self.state.global_step >= self.max_steps:
             self.finish()
         elif acc.is_main_process:
-            reason = "max_run_minutes" if timed_out else "max_steps_per_run"
+            reason = stop or "max_steps_per_run"
             print(
                 f"stopped at step {self.state.global_step} of {self.max_steps} ({reason}) with a checkpoint: "
                 "run the same command with --resume latest to continue",
@@ -465,6 +563,36 @@ class Trainer:
         acc.end_training()
         self.result.global_step = self.state.global_step
         return self.result
+
+
+class TermSignal:
+    """While active, SIGTERM (a cluster pre-empting or cancelling the job) is recorded instead of killing
+    the process, so the loop stops at the next step boundary with a checkpoint."""
+
+    def __init__(self) -> None:
+        """Nothing received yet."""
+        self.received = False
+        self.previous: Any = None
+
+    def __enter__(self) -> TermSignal:
+        """Install the handler (only the main thread may; elsewhere SIGTERM keeps its behaviour)."""
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __exit__(self, *exc: object) -> None:
+        """Put the previous handler back."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGTERM, so a signal sent to the whole job (every process) lets the
+    main process finish its step and checkpoint; the workers end with it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def configure_deepspeed(accelerator: Any, cfg: TrainConfig) -> None:

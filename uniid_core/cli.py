@@ -56,6 +56,14 @@ def argument_parser(prog: str, description: str | None, **options: object) -> ar
     return parser
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def quiet_irrelevant_warnings() -> None:
     """Silence third-party log lines that do not concern our runs; only the named loggers are touched."""
     for name in _QUIET_LOGGERS:

@@ -10,6 +10,7 @@ import torch
 from tests.training.conftest import tiny_face_net
 from training.components import load_base
 from training.memory import FrozenModels, activation_bytes, build_meta_models, estimate, main, parameter_count
+from uniid_core.cli import run_cli
 
 
 @pytest.mark.parametrize("stage", ["text", "adapter"])
@@ -53,3 +54,17 @@ def test_estimate_counts_every_resident_model(tiny_base: Path, capsys: pytest.Ca
     main(["--stage", "text", "--batch", "2", "--resolution", "64", "--base", str(tiny_base)])
     table = capsys.readouterr().out
     assert "text stage, fp32, 64x64, batch 2 per GPU" in table and "total per GPU" in table
+
+
+def test_command_line_mistakes_end_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli(main, ["--base", str(tmp_path / "no-such-sdxl")]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"error: --base {tmp_path / 'no-such-sdxl'}: no such file or folder; check the path\n"
+    )
+    (tmp_path / "not-sdxl").mkdir()
+    assert run_cli(main, ["--base", str(tmp_path / "not-sdxl")]) == 1
+    assert "holds no unet/config.json: give a diffusers SDXL folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["--batch", "0"])
+    assert stopped.value.code == 2 and "--batch: must be >= 1, got 0" in capsys.readouterr().err

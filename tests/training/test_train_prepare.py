@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
-from tests.training.conftest import prepare_command
+from tests.training.conftest import prepare_command, samples_by_image, write_noise_images
 from training.data import FaceDataset, ResumableBatchSampler
 from training.prepare import main as prepare_main
 
@@ -89,3 +90,17 @@ def test_no_face_fallback_uses_the_whole_image_in_rgb(tmp_path: Path, photo_dir:
     assert dataset.samples[0].class_word == "person"
     face = dataset.face(0)
     assert face.shape == (112, 112, 3) and face[..., 0].float().mean() > 0
+
+
+def test_an_image_named_twice_is_prepared_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photos = write_noise_images(tmp_path / "photos", 3)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    words = tmp_path / "words.txt"
+    words.write_text(f"{photos[1]}\twoman\n{tmp_path / 'broken.jpg'}\n{tmp_path / 'broken.jpg'}\n")
+    images = [str(words), str(tmp_path / "photos"), str(photos[0])]
+    report = prepare_main(["--images", *images, "--out", str(tmp_path / "ds"), "--detector", "pre-aligned"])
+    assert "names 3 image(s) more than once: each is prepared once" in capsys.readouterr().err
+    assert (report["num_samples"], report["num_failed"]) == (3, 1)
+    found = samples_by_image(tmp_path / "ds")
+    assert sorted(found) == [str(p.resolve()) for p in photos]
+    assert found[str(photos[1].resolve())][0] == "woman", "the first mention's class word"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,8 @@ from tests.training.conftest import tiny_face_net, train_config, write_config
 from training import checkpointing
 from training.checkpointing import FINISHED_FILE, TrainerState, check_resume_layout, list_checkpoints
 from training.config import TrainConfig, load_config
-from training.train import TrainResult, parse_args, train
+from training.run_lock import LOCK_FILE
+from training.train import Trainer, TrainResult, parse_args, train
 from uniid_core.checkpoint import load_uniid
 from uniid_core.errors import CheckpointError, UniIDError
 
@@ -39,12 +44,17 @@ def test_same_command_resubmitted_finishes_and_exports_exactly_once(
     assert all(torch.equal(value, reference[key]) for key, value in exported.items())
 
     out = Path(config["output_dir"])
-    before = {p: p.stat().st_mtime_ns for p in [runs[-1].export, *out.rglob("*")] if p.is_file()}
+    lock = out / LOCK_FILE  # every job takes it, a finished run's too
+
+    def files() -> dict[Path, int]:
+        paths = [runs[-1].export, *out.rglob("*")]
+        return {p: p.stat().st_mtime_ns for p in paths if p.is_file() and p != lock}
+
+    before = files()
     again = submit(config)
     assert again.export is None and again.global_step == 5 and again.losses == []
     assert "already finished at step 5" in capsys.readouterr().err
-    after = {p: p.stat().st_mtime_ns for p in [runs[-1].export, *out.rglob("*")] if p.is_file()}
-    assert after == before, "a finished run is left exactly as it was (no checkpoint rewrite, no export)"
+    assert files() == before, "a finished run is left exactly as it was (no checkpoint rewrite, no export)"
 
 
 def test_killed_between_last_checkpoint_and_export_exports_on_resubmission(
@@ -150,3 +160,89 @@ def test_repeated_set_options_add_up(tmp_path: Path) -> None:
     assert (config.seed, config.learning_rate, config.use_ema) == (7, 0.5, True)
     with pytest.raises(UniIDError, match="max_steps_per_run must be > 0"):
         load_config(path, ["max_steps_per_run=0"])
+
+
+def test_accumulation_beyond_one_epoch_trains_every_epoch_and_exports(
+    tmp_path: Path, tiny_base: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    common = dict(max_train_steps=None, num_train_epochs=3, gradient_accumulation_steps=3)
+    reference = train_config(tmp_path / "full", tiny_base, prepared[0], "text", **common)
+    trainer = Trainer(TrainConfig(**reference), face_net=tiny_face_net())
+    assert trainer.sampler.batches_per_epoch() == 2, "5 samples in batches of 2"
+    assert trainer.max_steps == 2, "3 epochs x 2 micro-batches / accumulation 3"
+    full = trainer.run()
+    assert full.global_step == 2 and full.export is not None
+    state = trainer.state
+    assert state.micro_step == 6 == 2 * state.epoch + state.batch_in_epoch, "all 3 epochs were read"
+
+    config = train_config(tmp_path / "jobs", tiny_base, prepared[0], "text", max_steps_per_run=1, **common)
+    runs = [submit(config) for _ in range(2)]
+    assert [r.global_step for r in runs] == [1, 2] and runs[-1].export is not None
+    assert "stopped at step 1 of 2 (max_steps_per_run)" in capsys.readouterr().err
+    losses = [loss for r in runs for loss in r.losses]
+    assert losses == full.losses, "a step spanning two epochs resumes exactly"
+
+
+class PreemptedTrainer(Trainer):
+    """A Trainer that receives SIGTERM in the middle of its first optimizer step (between micro-batches)."""
+
+    def compute_loss(self, batch: dict, generators: list[torch.Generator]) -> torch.Tensor:
+        if self.state.micro_step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().compute_loss(batch, generators)
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_the_resubmission_finishes(
+    tmp_path: Path, tiny_base: Path, prepared: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    common = dict(max_train_steps=3, gradient_accumulation_steps=2, lr_scheduler="cosine")
+    reference = train_config(tmp_path / "full", tiny_base, prepared[0], "text", **common)
+    full = train(TrainConfig(**reference), face_net=tiny_face_net())
+    config = train_config(tmp_path / "jobs", tiny_base, prepared[0], "text", **common)
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = PreemptedTrainer(
+        TrainConfig(**config, resume_from_checkpoint="latest"), face_net=tiny_face_net()
+    )
+    stopped = trainer.run()
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous SIGTERM handler is back"
+    assert "stopped at step 1 of 3 (SIGTERM) with a checkpoint" in capsys.readouterr().err
+    assert stopped.global_step == 1 and stopped.export is None and trainer.state.micro_step == 2
+    assert stopped.checkpoint == Path(config["output_dir"]) / "checkpoints" / "checkpoint-1"
+    resumed = submit(config)
+    assert resumed.global_step == 3 and resumed.export is not None
+    assert stopped.losses + resumed.losses == full.losses
+    capsys.readouterr()
+    assert submit(config).export is None and "already finished at step 3" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_whole_job_stops_it_cleanly(
+    tmp_path: Path, tiny_base: Path, prepared: tuple[Path, dict], r100_file: Path
+) -> None:
+    config = train_config(
+        tmp_path, tiny_base, prepared[0], "text", face_net=str(r100_file), max_train_steps=1000,
+        checkpointing_steps=1, dataloader_num_workers=1,
+    )  # fmt: skip
+    path = write_config(tmp_path / "config.json", config)
+    root = Path(config["output_dir"]) / "checkpoints"
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    command = [sys.executable, "-m", "training.train", "--config", str(path)]
+    job = subprocess.Popen(
+        command, cwd=repo, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list_checkpoints(root) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list_checkpoints(root), "the job wrote its first checkpoint"
+        os.killpg(job.pid, signal.SIGTERM)  # as a cluster scheduler does: every process of the job
+        _, err = job.communicate(timeout=240)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, err[-2000:]
+    line = next(line for line in err.splitlines() if line.startswith("stopped at step"))
+    step = int(line.split()[3])
+    assert line.endswith("(SIGTERM) with a checkpoint: run the same command with --resume latest to continue")
+    assert list_checkpoints(root)[-1].name == f"checkpoint-{step}"
+    assert not (Path(config["output_dir"]) / "finished.json").exists()
