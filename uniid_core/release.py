@@ -21,7 +21,14 @@ import torch
 from safetensors import safe_open
 
 from .errors import CheckpointError
-from .weights_file import flatten_tensors, is_extra_shard, shard_files, shard_group, sniff_format
+from .weights_file import (
+    flatten_tensors,
+    is_extra_shard,
+    pickled_objects_error,
+    shard_files,
+    shard_group,
+    sniff_format,
+)
 from .weights_keys import ADAPTER_PREFIX, TEXT_PREFIX, add_branch_prefixes, is_face_net_keys, strip_wrappers
 
 RELEASE_DEPTH = 3
@@ -71,12 +78,8 @@ def read_keys(path: str | os.PathLike) -> list[str]:
             if isinstance(obj, dict):
                 return list(flatten_tensors(obj))
     except pickle.UnpicklingError as exc:
-        if "eights only" in str(exc) or "weights_only" in str(exc):
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors; only weights-only loading is safe, so it is "
-                "not read"
-            ) from exc
-        raise CheckpointError(f"{path}: cannot read its tensor names ({exc})") from exc
+        refused = pickled_objects_error(path, exc)
+        raise (refused or CheckpointError(f"{path}: cannot read its tensor names ({exc})")) from exc
     except Exception as exc:  # any damage: not usable weights
         reason = (str(exc).strip() or type(exc).__name__).split(". ")[0].splitlines()[0]
         raise CheckpointError(

@@ -159,6 +159,16 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     return merged, metadata
 
 
+
+def pickled_objects_error(path: Path, exc: pickle.UnpicklingError) -> CheckpointError | None:
+    """The error for a file torch refused to load weights-only (it holds Python objects), else None."""
+    if "weights_only" not in str(exc) and "eights only" not in str(exc):
+        return None
+    return CheckpointError(
+        f"{path} holds Python objects besides tensors; it is refused because only weights-only loading is "
+        "safe. Re-save it as a plain state dict or .safetensors"
+    )
+
 def _read_one(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """All tensors and the metadata of one file, every failure a CheckpointError naming it."""
     if path.is_dir():
@@ -184,12 +194,8 @@ def _read_one(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors; it is refused because only weights-only "
-                "loading is safe. Re-save it as a plain state dict or .safetensors"
-            ) from exc
-        raise CheckpointError(f"{broken} ({exc}); download it again") from exc
+        refused = pickled_objects_error(path, exc)
+        raise (refused or CheckpointError(f"{broken} ({exc}); download it again")) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{broken} ({exc}); download it again") from exc
     if not isinstance(obj, Mapping):
