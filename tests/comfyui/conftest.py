@@ -238,6 +238,27 @@ def random_conditioning(seed: int, batch: int = 1) -> list:
     ]
 
 
+def guiders_equal_to_cfg(cn, positive: list, negative: list, cfg: float = 4.0) -> dict:
+    """Guiders that reduce to plain CFG with these conds: name -> (factory of a guider for a model, index of
+    the positive in the guider's cond list). DualCFG (regular, nested) gets cond2 = the negative and
+    PerpNeg gets empty = the negative at neg_scale 0."""
+    custom = cn.custom
+    dual = custom.DualCFGGuider().get_guider
+
+    def perpneg(model):
+        guider = cn.perpneg.Guider_PerpNeg(model)
+        guider.set_conds(positive, negative, negative)
+        guider.set_cfg(cfg, 0.0)
+        return guider
+
+    return {
+        "cfg": (lambda m: custom.CFGGuider().get_guider(m, positive, negative, cfg)[0], 0),
+        "dual_regular": (lambda m: dual(m, positive, negative, negative, cfg, 7.0, "regular")[0], 2),
+        "dual_nested": (lambda m: dual(m, positive, negative, negative, cfg, 1.0, "nested")[0], 2),
+        "perpneg": (perpneg, 0),
+    }
+
+
 @pytest.fixture(scope="module")
 def cn(comfy) -> types.SimpleNamespace:
     """ComfyUI's node classes and sampler modules that the sampling graphs are built from."""

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.comfyui.conftest import random_conditioning, random_identity
+from tests.comfyui.conftest import guiders_equal_to_cfg, random_conditioning, random_identity
 from tests.comfyui.recording import SCALES, Recorder, text_scale
 
 MERGE, STEPS = 1, 3
@@ -206,19 +206,7 @@ def test_negative_identity_with_dual_cfg_and_perpneg(cn, pack, mini_sdxl, mini_u
     sigmas = custom.BasicScheduler().get_sigmas(model, "normal", STEPS, 1.0)[0]
     sampler = custom.KSamplerSelect().get_sampler("euler")[0]
 
-    def perpneg(m):
-        guider = cn.perpneg.Guider_PerpNeg(m)
-        guider.set_conds(positive, negative, negative)
-        guider.set_cfg(4.0, 0.0)
-        return guider
-
-    dual = custom.DualCFGGuider().get_guider
-    guiders = {  # name: (guider factory, cond list index of the positive)
-        "cfg": (lambda m: custom.CFGGuider().get_guider(m, positive, negative, 4.0)[0], 0),
-        "dual_regular": (lambda m: dual(m, positive, negative, negative, 4.0, 7.0, "regular")[0], 2),
-        "dual_nested": (lambda m: dual(m, positive, negative, negative, 4.0, 1.0, "nested")[0], 2),
-        "perpneg": (perpneg, 0),
-    }
+    guiders = guiders_equal_to_cfg(cn, positive, negative)
     reference = ksampler(cn, model, positive, negative, batch=1)
     for name, (make, positive_index) in guiders.items():
         recorder = Recorder(model, [state])

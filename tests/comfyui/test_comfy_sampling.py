@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.comfyui.conftest import init_weights, random_conditioning, random_identity
+from tests.comfyui.conftest import guiders_equal_to_cfg, init_weights, random_conditioning, random_identity
 from tests.comfyui.recording import SCALES, Call, LoopTracker, Recorder, text_scale
 
 MERGE, STEPS = 2, 4
@@ -141,20 +141,7 @@ def test_guiders_route_rows_by_marker_not_by_position(cn, applied, conds):
         guider.set_cfg(4.0)
         return guider
 
-    def perpneg(m):
-        guider = cn.perpneg.Guider_PerpNeg(m)
-        guider.set_conds(positive, negative, negative)
-        guider.set_cfg(4.0, 0.0)
-        return guider
-
-    dual = custom.DualCFGGuider().get_guider
-    guiders = {  # name: (guider factory, cond list index of the positive)
-        "cfg": (lambda m: custom.CFGGuider().get_guider(m, positive, negative, 4.0)[0], 0),
-        "dual_regular": (lambda m: dual(m, positive, negative, negative, 4.0, 7.0, "regular")[0], 2),
-        "dual_nested": (lambda m: dual(m, positive, negative, negative, 4.0, 1.0, "nested")[0], 2),
-        "reversed": (reversed_guider, 1),
-        "perpneg": (perpneg, 0),
-    }
+    guiders = {**guiders_equal_to_cfg(cn, positive, negative), "reversed": (reversed_guider, 1)}
     reference = ksampler(cn, model, positive, negative)
     for name, (make, positive_index) in guiders.items():
         recorder = Recorder(model, [state])
